@@ -1,0 +1,54 @@
+"""What every reader returns: a config, tokenizer files and lazy tensors under canonical names."""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import ModelConfig
+from .convert import mapping
+
+
+@dataclass
+class TensorRef:
+    """A tensor not yet read. load() returns it in canonical layout (Meta/GGUF rope order), source dtype."""
+    name: str                      # as stored in the source file
+    canonical: str
+    shape: tuple[int, ...]         # PyTorch order, [out, in]
+    dtype: str                     # weightsmith type name: F32, F16, BF16
+    nbytes: int
+    load: Callable[[], torch.Tensor] = field(repr=False)
+
+
+@dataclass
+class Checkpoint:
+    format: str                    # "hf" | "meta"
+    path: Path
+    config: ModelConfig
+    tensors: list[TensorRef]       # canonical writing order
+    tokenizer_files: dict[str, Path] = field(default_factory=dict)  # file name -> path, carried to the output
+    aux_files: dict[str, Path] = field(default_factory=dict)        # other files carried within the same format
+    info: dict = field(default_factory=dict)                        # format-specific facts for inspect
+    integrity_check: Callable[[], None] | None = field(default=None, repr=False)  # e.g. Meta's checklist.chk md5s
+
+    @property
+    def n_params(self) -> int:
+        return sum(numel(t.shape) for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+
+
+def numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def order(refs: dict[str, TensorRef], config: ModelConfig) -> list[TensorRef]:
+    """Refs in canonical writing order; a tied checkpoint's stored lm_head copy is dropped (the model ignores it)."""
+    return [refs[n] for n in mapping.canonical_order(config.n_layers, config.tied_embeddings)]

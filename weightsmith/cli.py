@@ -1,0 +1,97 @@
+"""Command line: thin click commands over the Python API. Errors become one `error:` line and exit code 2."""
+import json
+import re
+import signal
+import sys
+
+import click
+
+from . import __version__
+from .errors import WeightsmithError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+              "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text or "")
+    if not m or m.group(2).upper() not in SIZE_UNITS or float(m.group(1)) <= 0:
+        raise click.BadParameter(f"{text!r} is not a size like 5GB, 500MB or 2GiB")
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).upper()])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="weightsmith")
+def main():
+    """Convert, quantize, inspect and verify Llama-family checkpoints (Meta .pth, HF safetensors, GGUF)."""
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(path, as_json):
+    """Show what a checkpoint holds: config, tensors, sizes (reads headers only)."""
+    from .inspect import render, report
+    d = report(path)
+    click.echo(json.dumps(d, indent=2) if as_json else render(d))
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--to", "to", type=click.Choice(["hf", "gguf", "meta"]), help="Target format (default from DST).")
+@click.option("--type", "type_", help="Tensor type: f32, f16, bf16 (default: keep the source's).")
+@click.option("--shard-size", default="5GB", show_default=True, help="Largest HF shard.")
+@click.option("--mp", default=1, show_default=True, type=int, help="Meta output: model-parallel shards.")
+@click.option("--tokenizer", type=click.Path(), help="Tokenizer file or directory to carry into the output.")
+@click.option("--no-check", is_flag=True, help="Skip checklist.chk md5 verification of a Meta source.")
+@click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
+@click.option("-q", "--quiet", is_flag=True, help="No per-tensor log and no progress bar.")
+def convert(src, dst, to, type_, shard_size, mp, tokenizer, no_check, force, quiet):
+    """Convert SRC to DST (Meta <-> HF), streaming one tensor at a time."""
+    from .convert.pipeline import convert as run
+    run(src, dst, to=to, type_=type_, shard_size=parse_size(shard_size), mp=mp, tokenizer=tokenizer, quiet=quiet,
+        force=force, check=not no_check)
+
+
+class Interrupted(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so every `with` block cleans up its partial output."""
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted()
+
+
+def run(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        main.main(args=argv, prog_name="weightsmith", standalone_mode=False)
+        return 0
+    except WeightsmithError as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        return 0
+    except click.ClickException as e:
+        return _fail(e.format_message(), EXIT_BAD_INPUT)
+    except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
+        where = f": {e.filename}" if e.filename else ""
+        return _fail(f"{e.strerror or e}{where}", EXIT_BAD_INPUT)
+    except (KeyboardInterrupt, Interrupted, click.exceptions.Abort):
+        return _fail("interrupted; partial output removed", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def entry():
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,83 @@
+"""Tensor layout across formats: the one rope q/k permutation and Meta's model-parallel merge/split.
+
+Canonical q/k rows are Meta's interleaved rotary pairs (GGUF shares them). HF half-splits each head:
+HF row order within a head is [x0, x2, x4, ..., x1, x3, x5, ...] of Meta's [x0, x1, x2, x3, ...].
+"""
+import torch
+
+from ..errors import BadInput
+
+
+def rope_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta/GGUF interleaved -> HF half-split. n_heads is n_kv_heads for k."""
+    rows, cols = w.shape
+    hd = rows // n_heads
+    return w.view(n_heads, hd // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def rope_from_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF half-split -> Meta/GGUF interleaved: the exact inverse of rope_to_hf."""
+    rows, cols = w.shape
+    hd = rows // n_heads
+    return w.view(n_heads, 2, hd // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def rope_heads(role: str | None, config) -> int | None:
+    """How many heads a rope-carrying tensor splits into (kv heads for k), None when it carries no rope."""
+    return {"q": config.n_heads, "k": config.n_kv_heads, None: None}[role]
+
+
+# --- Meta model parallelism -------------------------------------------------------------------------------
+
+def embed_axis(shard_shape: tuple[int, ...], n_shards: int, dim: int) -> int:
+    """Which axis tok_embeddings is split on, read from one shard's shape.
+
+    Llama 1/2 use ParallelEmbedding (split along dim: shard is [vocab, dim/n]); Llama 3 uses
+    VocabParallelEmbedding (split along vocab: shard is [vocab/n, dim]).
+    """
+    if n_shards == 1:
+        return 0
+    if shard_shape[1] == dim:
+        return 0
+    if shard_shape[1] * n_shards == dim:
+        return 1
+    raise BadInput(f"tok_embeddings shard shape {list(shard_shape)} fits neither a vocab split nor a dim split "
+                   f"of dim={dim} over {n_shards} shards")
+
+
+def merge_axis(mp, shard_shape, n_shards: int, dim: int) -> int | None:
+    if mp == "embed":
+        return embed_axis(shard_shape, n_shards, dim)
+    return mp
+
+
+def merged_shape(axis: int | None, shapes: list[tuple[int, ...]], name: str) -> tuple[int, ...]:
+    first = shapes[0]
+    for s in shapes[1:]:
+        same = [d for i, d in enumerate(s) if i != axis] == [d for i, d in enumerate(first) if i != axis]
+        if len(s) != len(first) or not same:
+            raise BadInput(f"{name}: model-parallel shards disagree in shape ({[list(x) for x in shapes]})")
+    if axis is None:
+        return first
+    return tuple(sum(s[axis] for s in shapes) if i == axis else d for i, d in enumerate(first))
+
+
+def merge(axis: int | None, parts: list[torch.Tensor], name: str) -> torch.Tensor:
+    if axis is None:
+        for p in parts[1:]:
+            if not torch.equal(p, parts[0]):
+                raise BadInput(f"{name}: replicated tensor differs between model-parallel shards")
+        return parts[0]
+    return torch.cat(parts, dim=axis)
+
+
+def split(axis: int | None, t: torch.Tensor, n_shards: int, name: str) -> list[torch.Tensor]:
+    if axis is None:
+        return [t] * n_shards
+    if t.shape[axis] % n_shards:
+        raise BadInput(f"{name}: size {t.shape[axis]} along dim {axis} does not split into {n_shards} shards")
+    return list(torch.chunk(t, n_shards, dim=axis))
+
+
+def split_axis(mp, embed_split_dim: int) -> int | None:
+    return embed_split_dim if mp == "embed" else mp

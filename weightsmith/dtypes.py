@@ -1,0 +1,37 @@
+"""The one dtype table: weightsmith's type names (safetensors' spelling) <-> torch dtypes."""
+import torch
+
+from .errors import BadInput, Unsupported
+
+# name -> torch dtype. The names are safetensors' and the log's ("type F16").
+FLOAT_TYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
+# What --type accepts for float targets (lowercase on the command line).
+TYPE_BY_TORCH = {v: k for k, v in FLOAT_TYPES.items()}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return FLOAT_TYPES[name]
+    except KeyError:
+        raise Unsupported(f"tensor type {name} is not supported (expected one of {', '.join(FLOAT_TYPES)})") from None
+
+
+def type_name(dtype: torch.dtype) -> str:
+    try:
+        return TYPE_BY_TORCH[dtype]
+    except KeyError:
+        raise BadInput(f"tensor dtype {dtype} is not a float type weightsmith reads (F32, F16, BF16)") from None
+
+
+def itemsize(name: str) -> int:
+    return torch_dtype(name).itemsize
+
+
+def cast(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Cast to the target type directly (bf16 -> f16 without an f32 detour; torch converts elementwise)."""
+    dt = torch_dtype(name)
+    return t if t.dtype == dt else t.to(dt)

@@ -1,0 +1,33 @@
+"""Format detection and the reader/writer registry: the only place that knows which formats exist."""
+from pathlib import Path
+
+from ..checkpoint import Checkpoint
+from ..errors import BadInput, Unsupported
+from . import hf, meta
+
+READERS = {"hf": hf, "meta": meta}
+WRITERS = {"hf": hf.Writer, "meta": meta.Writer}
+
+
+def open_checkpoint(path) -> Checkpoint:
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(f"{p}: no such file or directory")
+    for mod in READERS.values():
+        if mod.detect(p):
+            return mod.read(p)
+    if p.is_dir():
+        raise BadInput(f"{p}: not a checkpoint directory (no config.json + *.safetensors, no params.json + "
+                       f"consolidated.NN.pth)")
+    raise BadInput(f"{p}: not a checkpoint file weightsmith recognizes (.safetensors, .pth)")
+
+
+def writer(fmt: str):
+    try:
+        return WRITERS[fmt]
+    except KeyError:
+        raise Unsupported(f"writing {fmt} is not supported (targets: {', '.join(WRITERS)})") from None
+
+
+def default_target(dst) -> str:
+    return "gguf" if str(dst).endswith(".gguf") else "hf"

@@ -1,0 +1,92 @@
+"""Small pieces the format modules share: JSON files, tensor bytes, file copies, the writer plan."""
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import BadInput
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One tensor a writer will receive: canonical name, PyTorch-order shape, weightsmith type name."""
+    canonical: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise BadInput(f"{path.parent}: missing {path.name} ({what})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(f"{path}: not valid JSON ({e})") from None
+
+
+def write_json(path: Path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The tensor's raw little-endian bytes without a copy when it is already contiguous."""
+    t = t.contiguous()
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int):
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def copy_files(files: dict[str, Path], out: Path):
+    for name, src in files.items():
+        shutil.copyfile(src, out / name)
+
+
+def confined(base: Path, name: str, what: str) -> Path:
+    """base/name, refusing names that would leave base (a hostile index pointing at ../../etc/passwd)."""
+    p = (base / name).resolve()
+    if not isinstance(name, str) or os.path.isabs(name) or p.parent != base.resolve():
+        raise BadInput(f"{what}: file name {name!r} points outside {base}")
+    return p
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_MADV_DONTNEED = 4
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return lib
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_LIBC = _libc() if os.name == "posix" else None
+
+
+def release_mapped(t: torch.Tensor):
+    """Drop the resident pages of a tensor that views a read-only file mapping (torch.load(mmap=True)).
+
+    The file is unchanged and re-read on next access; without this, every page of a model read through a mapping
+    stays counted in the process's RSS until the whole file is unmapped.
+    """
+    if _LIBC is None:
+        return
+    st = t.untyped_storage()
+    start = -(-st.data_ptr() // _PAGE) * _PAGE
+    end = (st.data_ptr() + st.nbytes()) // _PAGE * _PAGE
+    if end > start:
+        _LIBC.madvise(start, end - start, _MADV_DONTNEED)

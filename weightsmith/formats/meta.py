@@ -1,0 +1,227 @@
+"""Meta checkpoints: params.json + consolidated.NN.pth (one per model-parallel rank) [+ checklist.chk, tokenizer.model].
+
+.pth files are pickles: they are opened only with torch.load(weights_only=True, mmap=True), which refuses any
+pickle that would run code, and maps tensor bytes instead of reading them.
+"""
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .. import dtypes
+from ..checkpoint import Checkpoint, TensorRef, numel, order
+from ..config import check_shapes, from_meta_params, to_meta_params
+from ..convert import layout, mapping
+from ..errors import BadInput
+from .common import Spec, confined, copy_files, pwrite_all, read_json, release_mapped, tensor_bytes, write_json
+
+SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth$")
+TOKENIZER_FILES = ("tokenizer.model",)
+
+
+def detect(path: Path) -> bool:
+    if path.is_dir():
+        return (path / "params.json").is_file() or any(path.glob("consolidated.*.pth"))
+    return path.suffix in (".pth", ".pt")
+
+
+def _shards(path: Path) -> tuple[Path, list[Path]]:
+    if path.is_file():
+        return path.parent, [path]
+    files = sorted((f for f in path.glob("consolidated.*.pth") if SHARD_RE.search(f.name)),
+                   key=lambda f: int(SHARD_RE.search(f.name).group(1)))
+    if not files:
+        raise BadInput(f"{path}: no consolidated.NN.pth files")
+    ranks = [int(SHARD_RE.search(f.name).group(1)) for f in files]
+    if ranks != list(range(len(files))):
+        raise BadInput(f"{path}: model-parallel shards are not consolidated.00 .. {len(files) - 1:02d} "
+                       f"(found {', '.join(f.name for f in files)})")
+    return path, files
+
+
+def load_pth(file: Path) -> dict:
+    """A state dict from a .pth, never executing the pickle."""
+    try:
+        sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"{file}: refused as unsafe: its pickle does more than rebuild tensors ({first})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"{file}: not a readable PyTorch checkpoint, truncated or corrupt ({first})") from None
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise BadInput(f"{file}: not a state dict of named tensors")
+    return sd
+
+
+def read_checklist(base: Path) -> dict[str, str] | None:
+    chk = base / "checklist.chk"
+    if not chk.is_file():
+        return None
+    entries = {}
+    for n, line in enumerate(chk.read_text(errors="replace").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not re.fullmatch(r"[0-9a-fA-F]{32}", parts[0]):
+            raise BadInput(f"{chk}:{n}: expected 'md5  filename', found {line!r}")
+        entries[parts[1]] = parts[0].lower()
+    return entries
+
+
+def verify_checklist(base: Path, entries: dict[str, str]):
+    for name, want in entries.items():
+        f = confined(base, name, "checklist.chk")
+        if not f.is_file():
+            raise BadInput(f"checklist.chk lists {name}, which is missing from {base}")
+        h = hashlib.md5()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+        if h.hexdigest() != want:
+            raise BadInput(f"{f}: md5 {h.hexdigest()} differs from checklist.chk's {want}: the download is corrupt "
+                           f"(--no-check skips this check)")
+
+
+def read(path: Path) -> Checkpoint:
+    base, files = _shards(path)
+    params = read_json(base / "params.json", "the model hyperparameters")
+    if not isinstance(params, dict):
+        raise BadInput(f"{base / 'params.json'}: expected a JSON object")
+    dim = params.get("dim")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+        raise BadInput(f"{base / 'params.json'}: field 'dim' is missing or not a positive integer")
+    sds = [load_pth(f) for f in files]
+    n = len(sds)
+    refs: dict[str, TensorRef] = {}
+    for key, t0 in sds[0].items():
+        name = mapping.lookup("meta", key)
+        if name is None:
+            continue
+        missing = [files[r].name for r, sd in enumerate(sds) if key not in sd]
+        if missing:
+            raise BadInput(f"tensor {key} is in {files[0].name} but missing from {', '.join(missing)}")
+        parts = [sd[key] for sd in sds]
+        axis = layout.merge_axis(name.row.mp, tuple(t0.shape), n, dim) if t0.dim() > 1 or n == 1 else None
+        if n > 1 and name.row.mp is not None and t0.dim() < 2:
+            raise BadInput(f"{files[0].name}: tensor {key} has shape {list(t0.shape)}, expected a matrix")
+        shape = layout.merged_shape(axis if n > 1 else None, [tuple(p.shape) for p in parts], key)
+        dtype = dtypes.type_name(t0.dtype)
+        refs[name.canonical] = TensorRef(key, name.canonical, shape, dtype, numel(shape) * t0.itemsize,
+                                         lambda parts=parts, axis=axis, key=key: _load(axis, parts, key))
+    for r, sd in enumerate(sds[1:], 1):
+        extra = set(sd) - set(sds[0])
+        if extra:
+            raise BadInput(f"{files[r].name} has tensor {sorted(extra)[0]}, which {files[0].name} lacks")
+    shapes = {k: r.shape for k, r in refs.items()}
+    if "output.weight" in refs and _same_as_embeddings(refs):
+        del shapes["output.weight"]  # Llama 3.2: Meta stores a copy of the tied embeddings; the model ties them
+    cfg = from_meta_params(params, shapes, str(base / "params.json"))
+    check_shapes(cfg, shapes, lambda c: mapping.rename(c, "meta"), str(base))
+    checklist = read_checklist(base)
+    info = {"files": [f.name for f in files], "model_parallel": n}
+    if checklist is not None:
+        info["checklist"] = sorted(checklist)
+    ck = Checkpoint(format="meta", path=path, config=cfg, tensors=order(refs, cfg),
+                    tokenizer_files={n: base / n for n in TOKENIZER_FILES if (base / n).is_file()}, info=info)
+    if checklist is not None:
+        ck.integrity_check = lambda: verify_checklist(base, checklist)
+    return ck
+
+
+def _load(axis, parts, key) -> torch.Tensor:
+    """The merged tensor as a fresh copy; the mapped shard pages it came from are released."""
+    t = layout.merge(axis, parts, key)
+    if t is parts[0]:
+        t = t.clone()
+    for p in parts:
+        release_mapped(p)
+    return t
+
+
+def _same_as_embeddings(refs) -> bool:
+    """Whether output.weight is a copy of tok_embeddings: a one-row test first, so untied models cost nothing."""
+    e, o = refs["token_embd.weight"], refs["output.weight"]
+    if e.shape != o.shape or e.dtype != o.dtype:
+        return False
+    te, to = e.load(), o.load()
+    return torch.equal(te[:1], to[:1]) and torch.equal(te, to)
+
+
+# ---- writing ----------------------------------------------------------------------------------------------
+
+def embed_split_axis(config) -> int:
+    """Which axis to split tok_embeddings on: Llama 3's code (128K vocab) splits the vocab, Llama 1/2's the dim."""
+    return 0 if config.vocab_size >= 128000 else 1
+
+
+class Writer:
+    """Writes consolidated.NN.pth files torch.load reads, streaming.
+
+    The zip layout of each file is laid down first by torch.save itself with skip_data (fake tensors, no bytes),
+    then each tensor's bytes go to its record's offset as it arrives.
+    """
+    format = "meta"
+    is_dir = True
+    stores_tied_output = True  # Meta's reference model always has an output layer
+
+    def __init__(self, out: Path, config, specs: list[Spec], mp: int = 1, **_):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        self.out, self.config, self.mp = out, config, mp
+        self.params = to_meta_params(config)
+        self.embed_axis = embed_split_axis(config)
+        self.axes = {s.canonical: layout.split_axis(mapping.canonical(s.canonical).row.mp, self.embed_axis) for s in specs}
+        self.fds, self.offsets = [], []
+        for rank in range(mp):
+            with FakeTensorMode():
+                skeleton = {}
+                for s in specs:
+                    shape = list(s.shape)
+                    ax = self.axes[s.canonical]
+                    if ax is not None:
+                        if shape[ax] % mp:
+                            raise BadInput(f"{self.name(s.canonical)}: size {shape[ax]} along dim {ax} does not split "
+                                           f"into {mp} model-parallel shards")
+                        shape[ax] //= mp
+                    skeleton[self.name(s.canonical)] = torch.empty(shape, dtype=dtypes.torch_dtype(s.dtype))
+            file = out / f"consolidated.{rank:02d}.pth"
+            with torch.serialization.skip_data(materialize_fake_tensors=True):
+                torch.save(skeleton, file)
+            self.offsets.append(dict(zip(skeleton, _record_offsets(file, len(skeleton)))))
+            self.fds.append(os.open(file, os.O_RDWR))
+
+    def name(self, canonical: str) -> str:
+        return mapping.rename(canonical, "meta")
+
+    def write(self, canonical: str, t):
+        name = self.name(canonical)
+        parts = layout.split(self.axes[canonical], t, self.mp, name)
+        for fd, offsets, part in zip(self.fds, self.offsets, parts):
+            pwrite_all(fd, tensor_bytes(part), offsets[name])
+
+    def finish(self, ckpt: Checkpoint, tokenizer_files: dict):
+        self.close()
+        write_json(self.out / "params.json", self.params)
+        copy_files({n: p for n, p in tokenizer_files.items() if n in TOKENIZER_FILES}, self.out)
+
+    def close(self):
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def _record_offsets(file: Path, n: int) -> list[int]:
+    """Byte offsets of the data records data/0 .. data/n-1 inside a torch.save zip (storage keys follow dict order)."""
+    with zipfile.ZipFile(file) as z, open(file, "rb") as fh:
+        infos = {i.filename.split("/", 1)[1]: i for i in z.infolist() if "/" in i.filename}
+        offsets = []
+        for key in range(n):
+            info = infos[f"data/{key}"]
+            fh.seek(info.header_offset + 26)
+            name_len, extra_len = int.from_bytes(fh.read(2), "little"), int.from_bytes(fh.read(2), "little")
+            offsets.append(info.header_offset + 30 + name_len + extra_len)
+        return offsets
