@@ -9,8 +9,8 @@ FAMILIES = {
     # Llama 2 70B-style: GQA 8:1, ffn_dim_multiplier 1.3
     "llama2_70b": dict(dim=256, n_layers=2, n_heads=32, n_kv_heads=4, vocab_size=32000, multiple_of=128,
                        ffn_dim_multiplier=1.3, norm_eps=1e-5),
-    # Llama 3: GQA 4:1, theta 5e5, 128256 vocab
-    "llama3": dict(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=128256, multiple_of=64,
+    # Llama 3: GQA 4:1 (4 kv heads, so 4-way model parallel works), theta 5e5, 128256 vocab
+    "llama3": dict(dim=128, n_layers=2, n_heads=16, n_kv_heads=4, vocab_size=128256, multiple_of=64,
                    ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0),
     # Llama 3.1: + rope scaling (Meta: use_scaled_rope; HF: rope_scaling llama3 factor 8)
     "llama31": dict(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=128256, multiple_of=64,

@@ -112,6 +112,7 @@ def from_meta_params(params: dict, shapes: dict, source="params.json") -> ModelC
     use_scaled = _get(params, "use_scaled_rope", (bool,), source, False)
     theta = float(_get(params, "rope_theta", NUM, source, 10000.0))  # absent in Llama 1/2: their code used 1e4
 
+    _agree(dim, _from_shapes(shapes, "token_embd.weight", 1, source), "dim", source, "token_embd.weight")
     kv_rows = _from_shapes(shapes, "blk.0.attn_k.weight", 0, source)
     n_kv = kv_rows // head_dim
     _agree(n_kv_claim, n_kv, "n_kv_heads", source, "blk.0.attn_k.weight")
