@@ -244,3 +244,44 @@ def check_shapes(cfg: ModelConfig, shapes: dict, names, source: str):
     if extra - {"output.weight"}:
         raise BadInput(f"{source}: tensor {names(sorted(extra)[0])} is beyond what the config implies "
                        f"(n_layers={cfg.n_layers})")
+
+
+# ---- GGUF metadata ---------------------------------------------------------------------------------------
+
+def _f32(v) -> float:
+    """GGUF stores floats as float32: give back the shortest decimal that rounds to it (1e-05, not 9.9999997e-06)."""
+    import numpy as np
+    return float(str(np.float32(v)))
+
+
+def from_gguf_metadata(kv: dict, shapes: dict, source: str) -> ModelConfig:
+    arch = kv.get("general.architecture")
+    if arch != "llama":
+        raise Unsupported(f"{source}: general.architecture is {arch!r}; weightsmith handles llama")
+
+    def key(name, kinds=(int,), default=...):
+        return _get(kv, f"llama.{name}", kinds, source, default)
+
+    dim = key("embedding_length")
+    n_heads = key("attention.head_count")
+    if n_heads <= 0:
+        raise BadInput(f"{source}: llama.attention.head_count is 0")
+    head_dim = key("attention.key_length", default=dim // n_heads)
+    n_layers = key("block_count")
+    scaling = None
+    stype = kv.get("llama.rope.scaling.type")
+    if stype not in (None, "none"):
+        if stype not in ("linear", "yarn"):
+            raise Unsupported(f"{source}: llama.rope.scaling.type {stype!r}")
+        scaling = {"rope_type": stype, "factor": _f32(key("rope.scaling.factor", NUM))}
+        if kv.get("llama.rope.scaling.original_context_length"):
+            scaling["original_max_position_embeddings"] = key("rope.scaling.original_context_length")
+    vocab = _from_shapes(shapes, "token_embd.weight", 0, source)
+    _agree(kv.get("llama.vocab_size"), vocab, "llama.vocab_size", source, "token_embd.weight")
+    return ModelConfig(
+        dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=key("attention.head_count_kv", default=n_heads),
+        vocab_size=vocab, ffn_dim=key("feed_forward_length"), head_dim=head_dim,
+        norm_eps=_f32(key("attention.layer_norm_rms_epsilon", NUM, 1e-5)),
+        rope_theta=_f32(key("rope.freq_base", NUM, 10000.0)), rope_scaling=scaling,
+        tied_embeddings="output.weight" not in shapes, max_seq_len=key("context_length", default=4096),
+        bos_token_id=kv.get("tokenizer.ggml.bos_token_id"), eos_token_id=kv.get("tokenizer.ggml.eos_token_id"))

@@ -13,6 +13,11 @@ FLOAT_TYPES = {
 TYPE_BY_TORCH = {v: k for k, v in FLOAT_TYPES.items()}
 
 
+def is_float(name: str) -> bool:
+    """F32/F16/BF16; anything else a reader reports (GGUF's Q4_1, Q8_0, ...) is quantized and dequantizes to F32."""
+    return name in FLOAT_TYPES
+
+
 def torch_dtype(name: str) -> torch.dtype:
     try:
         return FLOAT_TYPES[name]

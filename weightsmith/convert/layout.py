@@ -81,3 +81,32 @@ def split(axis: int | None, t: torch.Tensor, n_shards: int, name: str) -> list[t
 
 def split_axis(mp, embed_split_dim: int) -> int | None:
     return embed_split_dim if mp == "embed" else mp
+
+
+# --- Llama 3.1 rope scaling ---------------------------------------------------------------------------------
+
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict) -> torch.Tensor:
+    """Per-frequency divisors of Llama 3.1 rope scaling (GGUF's rope_freqs.weight): 1 for high frequencies,
+    `factor` for low ones, a smooth blend between (Meta's apply_scaling)."""
+    factor, low, high = scaling["factor"], scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old_ctx = scaling.get("original_max_position_embeddings", 8192)
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    wavelen = 2 * torch.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    blended = 1.0 / ((1 - smooth) / factor + smooth)
+    out = torch.where(wavelen < old_ctx / high, torch.ones_like(freqs),
+                      torch.where(wavelen > old_ctx / low, torch.full_like(freqs, factor), blended))
+    return out.float()
+
+
+# The Llama 3.x releases' settings, tried in turn to name a rope_freqs tensor found in a GGUF file.
+LLAMA3_SCALINGS = [{"rope_type": "llama3", "factor": f, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192} for f in (8.0, 32.0, 16.0, 4.0, 2.0, 64.0)]
+
+
+def llama3_scaling_from_factors(factors: torch.Tensor, head_dim: int, theta: float) -> dict | None:
+    for s in LLAMA3_SCALINGS:
+        want = llama3_rope_factors(head_dim, theta, s)
+        if want.shape == factors.shape and torch.allclose(factors.float(), want, rtol=1e-4):
+            return dict(s)
+    return None

@@ -42,6 +42,8 @@ TABLE = [
 
 # Tensors some checkpoints carry that hold nothing the model needs: recomputed from the config.
 IGNORED = {
+    # Llama 3.1 rope-scaling factors: the GGUF reader turns them into ModelConfig.rope_scaling
+    "canonical": [r"rope_freqs\.weight"],
     "meta": [r"rope\.freqs"],  # Llama 1/2 consolidated.*.pth: 1/theta^(2i/d), derivable from rope_theta
     "hf": [r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"],  # old transformers saved this buffer
 }

@@ -13,8 +13,8 @@ FLOAT_TARGETS = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 
 
 def target_type(type_: str | None, src_dtype: str) -> str:
-    if type_ is None:
-        return src_dtype
+    if type_ is None:  # keep the source's float type; a quantized source becomes f32, exactly
+        return src_dtype if dtypes.is_float(src_dtype) else "F32"
     try:
         return FLOAT_TARGETS[type_.lower()]
     except KeyError:

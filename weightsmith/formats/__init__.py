@@ -3,9 +3,9 @@ from pathlib import Path
 
 from ..checkpoint import Checkpoint
 from ..errors import BadInput, Unsupported
-from . import hf, meta
+from . import gguf, hf, meta
 
-READERS = {"hf": hf, "meta": meta}
+READERS = {"gguf": gguf, "hf": hf, "meta": meta}
 WRITERS = {"hf": hf.Writer, "meta": meta.Writer}
 
 
@@ -19,7 +19,7 @@ def open_checkpoint(path) -> Checkpoint:
     if p.is_dir():
         raise BadInput(f"{p}: not a checkpoint directory (no config.json + *.safetensors, no params.json + "
                        f"consolidated.NN.pth)")
-    raise BadInput(f"{p}: not a checkpoint file weightsmith recognizes (.safetensors, .pth)")
+    raise BadInput(f"{p}: not a checkpoint file weightsmith recognizes (.gguf, .safetensors, .pth)")
 
 
 def writer(fmt: str):

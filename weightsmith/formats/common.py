@@ -83,10 +83,15 @@ def release_mapped(t: torch.Tensor):
     The file is unchanged and re-read on next access; without this, every page of a model read through a mapping
     stays counted in the process's RSS until the whole file is unmapped.
     """
+    st = t.untyped_storage()
+    release_mapped_range(st.data_ptr(), st.nbytes())
+
+
+def release_mapped_range(address: int, nbytes: int):
+    """madvise(DONTNEED) the whole pages inside [address, address + nbytes) of a read-only file mapping."""
     if _LIBC is None:
         return
-    st = t.untyped_storage()
-    start = -(-st.data_ptr() // _PAGE) * _PAGE
-    end = (st.data_ptr() + st.nbytes()) // _PAGE * _PAGE
+    start = -(-address // _PAGE) * _PAGE
+    end = (address + nbytes) // _PAGE * _PAGE
     if end > start:
         _LIBC.madvise(start, end - start, _MADV_DONTNEED)
