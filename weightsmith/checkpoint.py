@@ -18,6 +18,7 @@ class TensorRef:
     dtype: str                     # weightsmith type name: F32, F16, BF16
     nbytes: int
     load: Callable[[], torch.Tensor] = field(repr=False)
+    raw: Callable[[], object] | None = field(default=None, repr=False)  # stored bytes of a quantized tensor (GGUF)
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Checkpoint:
     aux_files: dict[str, Path] = field(default_factory=dict)        # other files carried within the same format
     info: dict = field(default_factory=dict)                        # format-specific facts for inspect
     integrity_check: Callable[[], None] | None = field(default=None, repr=False)  # e.g. Meta's checklist.chk md5s
+    name: str | None = None                                         # the model's name, when the file says
+    vocab: object | None = None                                     # convert.tokenizer.Vocab read from the file (GGUF)
 
     @property
     def n_params(self) -> int:

@@ -41,3 +41,8 @@ class TensorLog:
             print(f"Wrote {self.i} tensors to {dst}: {self.bytes_in / 1e9:.3f} GB in, {self.bytes_out / 1e9:.3f} GB out, "
                   f"{secs:.2f} s, {rate:.2f} GB/s", file=self.out, flush=True)
         return secs
+
+
+def warn(message: str):
+    """Something the user should know that does not stop the run (printed even with -q)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

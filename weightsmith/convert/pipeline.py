@@ -12,13 +12,27 @@ from .log import TensorLog
 FLOAT_TARGETS = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 
 
-def target_type(type_: str | None, src_dtype: str) -> str:
-    if type_ is None:  # keep the source's float type; a quantized source becomes f32, exactly
-        return src_dtype if dtypes.is_float(src_dtype) else "F32"
-    try:
-        return FLOAT_TARGETS[type_.lower()]
-    except KeyError:
-        raise Unsupported(f"--type {type_}: not a supported type (float types: {', '.join(FLOAT_TARGETS)})") from None
+def source_type(ck: Checkpoint) -> str:
+    """The source's float type: that of most of its matrices (GGUF keeps norms f32 beside f16 matrices);
+    a quantized source's is f32, which holds its dequantized values exactly."""
+    mats = [r.dtype for r in ck.tensors if len(r.shape) > 1]
+    t = max(set(mats), key=mats.count) if mats else "F32"
+    return t if dtypes.is_float(t) else "F32"
+
+
+def target_type(type_: str | None, ref, writer_cls, default: str) -> str:
+    if type_ is not None:
+        try:
+            t = FLOAT_TARGETS[type_.lower()]
+        except KeyError:
+            raise Unsupported(f"--type {type_}: not a supported type (float types: {', '.join(FLOAT_TARGETS)})") from None
+    elif writer_cls.keeps_quantized:
+        t = ref.dtype if ref.raw is not None or dtypes.is_float(ref.dtype) else "F32"  # quantized bytes pass through
+    else:
+        t = default
+    if writer_cls.vectors_f32 and len(ref.shape) == 1:
+        t = "F32"  # llama.cpp keeps norms in f32
+    return t
 
 
 def tokenizer_override(path) -> dict[str, Path]:
@@ -35,7 +49,8 @@ def tokenizer_override(path) -> dict[str, Path]:
 
 
 def convert(src, dst, to: str | None = None, type_: str | None = None, shard_size: int = 5_000_000_000, mp: int = 1,
-            tokenizer=None, quiet: bool = False, force: bool = False, check: bool = True) -> Checkpoint:
+            tokenizer=None, tokenizer_pre: str | None = None, quiet: bool = False, force: bool = False,
+            check: bool = True) -> Checkpoint:
     dst = Path(dst)
     to = to or formats.default_target(dst)
     writer_cls = formats.writer(to)
@@ -46,21 +61,27 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
     if check and ck.integrity_check:
         ck.integrity_check()
     cfg = ck.config
-    jobs = [(r.canonical, r, target_type(type_, r.dtype)) for r in ck.tensors]
+    default = source_type(ck)
+    jobs = [(r.canonical, r, target_type(type_, r, writer_cls, default)) for r in ck.tensors]
     if cfg.tied_embeddings and writer_cls.stores_tied_output:
         embd = next(j for j in jobs if j[0] == "token_embd.weight")
         jobs.append(("output.weight", embd[1], embd[2]))
     specs = [Spec(name, ref.shape, t) for name, ref, t in jobs]
     with AtomicOutput(dst, writer_cls.is_dir, force) as tmp:
-        w = writer_cls(tmp, cfg, specs, shard_size=shard_size, mp=mp)
+        w = writer_cls(tmp, ck, specs, tokenizer_files=tok_files, tokenizer_pre=tokenizer_pre, shard_size=shard_size,
+                       mp=mp)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
             for name, ref, t in jobs:
-                tensor = dtypes.cast(ref.load(), t)
-                w.write(name, tensor)
-                log.tensor(w.name(name), ref.shape, t, ref.nbytes, numel(ref.shape) * dtypes.itemsize(t))
-                del tensor
-            w.finish(ck, tok_files if tok_files is not None else ck.tokenizer_files)
+                if t == ref.dtype and not dtypes.is_float(t):
+                    data, nbytes = ref.raw(), ref.nbytes
+                else:
+                    data = dtypes.cast(ref.load(), t)
+                    nbytes = numel(ref.shape) * dtypes.itemsize(t)
+                w.write(name, data)
+                log.tensor(w.name(name), ref.shape, t, ref.nbytes, nbytes)
+                del data
+            w.finish()
         finally:
             w.close()
         log.finish(dst)

@@ -6,7 +6,7 @@ from ..errors import BadInput, Unsupported
 from . import gguf, hf, meta
 
 READERS = {"gguf": gguf, "hf": hf, "meta": meta}
-WRITERS = {"hf": hf.Writer, "meta": meta.Writer}
+WRITERS = {"gguf": gguf.Writer, "hf": hf.Writer, "meta": meta.Writer}
 
 
 def open_checkpoint(path) -> Checkpoint:

@@ -13,7 +13,7 @@ import torch
 from .. import dtypes
 from ..checkpoint import Checkpoint, TensorRef, order
 from ..config import check_shapes, from_gguf_metadata
-from ..convert import layout, mapping
+from ..convert import layout, mapping, tokenizer
 from ..errors import BadInput, Unsupported
 from .common import release_mapped_range
 
@@ -77,7 +77,8 @@ def read(path: Path) -> Checkpoint:
             if t.name in refs:
                 raise BadInput(f"{file}: tensor {t.name} appears twice")
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            refs[t.name] = TensorRef(t.name, t.name, shape, t.tensor_type.name, int(t.n_bytes), _Loader(t, shape, file))
+            loader = _Loader(t, shape, file)
+            refs[t.name] = TensorRef(t.name, t.name, shape, t.tensor_type.name, int(t.n_bytes), loader, loader.raw)
     shapes = {k: r.shape for k, r in refs.items()}
     cfg = from_gguf_metadata(kv, shapes, str(path))
     if rope_freqs is not None and cfg.rope_scaling is None:
@@ -87,7 +88,8 @@ def read(path: Path) -> Checkpoint:
     check_shapes(cfg, shapes, lambda c: c, str(path))
     summary = {k: (f"[{len(v)} items]" if isinstance(v, list) and len(v) > 16 else v) for k, v in kv.items()}
     return Checkpoint(format="gguf", path=path, config=cfg, tensors=order(refs, cfg),
-                      info={"files": [f.name for f in files], "metadata": summary})
+                      info={"files": [f.name for f in files], "metadata": summary},
+                      vocab=tokenizer.from_gguf(kv, str(path)), name=kv.get("general.name"))
 
 
 class _Loader:
@@ -108,3 +110,104 @@ class _Loader:
             raise Unsupported(f"{self.file}: tensor {t.name} has type {qtype.name}, which gguf-py cannot dequantize") from None
         release_mapped_range(t.data.ctypes.data, t.data.nbytes)
         return out.reshape(self.shape)
+
+    def raw(self) -> np.ndarray:
+        """The stored bytes, for passing a quantized tensor through to a GGUF file untouched."""
+        out = np.array(self.t.data).reshape(-1).view(np.uint8)
+        release_mapped_range(self.t.data.ctypes.data, self.t.data.nbytes)
+        return out
+
+
+# ---- writing ----------------------------------------------------------------------------------------------
+
+# the general.file_type llama.cpp records for a file whose matrices are mostly of one type
+FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 12,
+              "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "BF16": 32}
+
+
+def _ggml_type(name: str):
+    import gguf
+    try:
+        return gguf.GGMLQuantizationType[name]
+    except KeyError:
+        raise Unsupported(f"GGUF has no tensor type {name}") from None
+
+
+class Writer:
+    """Streams a GGUF file through gguf-py's GGUFWriter: header, key/values and tensor infos first, then each
+    tensor's data as it arrives (in the order of the specs)."""
+    format = "gguf"
+    is_dir = False
+    stores_tied_output = False  # llama.cpp ties output to token_embd when output.weight is absent
+    keeps_quantized = True      # quantized GGUF tensors pass through byte for byte
+    vectors_f32 = True          # norms stay f32, as llama.cpp's converter writes them
+
+    def __init__(self, out: Path, ck: Checkpoint, specs, tokenizer_files: dict | None = None,
+                 tokenizer_pre: str | None = None, **_):
+        import gguf
+        cfg = ck.config
+        vocab = tokenizer.vocab_for(ck, tokenizer_files, tokenizer_pre)
+        if vocab is None:
+            raise Unsupported(f"{ck.path}: no tokenizer to put in the GGUF file (llama.cpp needs one): pass "
+                              f"--tokenizer with an HF tokenizer.json")
+        self.w = gguf.GGUFWriter(None, "llama")
+        w = self.w
+        w.add_name(ck.name or Path(ck.path).name)
+        w.add_context_length(cfg.max_seq_len)
+        w.add_embedding_length(cfg.dim)
+        w.add_block_count(cfg.n_layers)
+        w.add_feed_forward_length(cfg.ffn_dim)
+        w.add_head_count(cfg.n_heads)
+        w.add_head_count_kv(cfg.n_kv_heads)
+        w.add_rope_dimension_count(cfg.head_dim)
+        if cfg.head_dim * cfg.n_heads != cfg.dim:
+            w.add_key_length(cfg.head_dim)
+            w.add_value_length(cfg.head_dim)
+        w.add_layer_norm_rms_eps(cfg.norm_eps)
+        w.add_rope_freq_base(cfg.rope_theta)
+        w.add_vocab_size(cfg.vocab_size)
+        rope_freqs = None
+        rs = cfg.rope_scaling
+        if rs is not None:
+            kind = rs.get("rope_type", rs.get("type"))
+            if kind == "llama3":
+                rope_freqs = layout.llama3_rope_factors(cfg.head_dim, cfg.rope_theta, rs)
+            elif kind == "linear":
+                w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+                w.add_rope_scaling_factor(rs["factor"])
+            else:
+                raise Unsupported(f"rope scaling {kind!r} has no GGUF spelling weightsmith writes")
+        mats = [s.dtype for s in specs if len(s.shape) > 1]
+        w.add_file_type(FILE_TYPES.get(max(set(mats), key=mats.count), 0) if mats else 0)
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        tokenizer.to_gguf(w, vocab.padded(cfg.vocab_size))
+        if rope_freqs is not None:
+            w.add_tensor_info("rope_freqs.weight", list(rope_freqs.shape), np.dtype(np.float32), rope_freqs.numel() * 4)
+        for s in specs:
+            nbytes = int(np.prod(s.shape)) * dtypes.itemsize(s.dtype) if dtypes.is_float(s.dtype) else None
+            if nbytes is None:
+                import gguf as g
+                block, size = g.GGML_QUANT_SIZES[_ggml_type(s.dtype)]
+                nbytes = int(np.prod(s.shape)) // block * size
+            w.add_tensor_info(s.canonical, list(s.shape), np.dtype(np.float32), nbytes, raw_dtype=_ggml_type(s.dtype))
+        w.write_header_to_file(path=out)
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        if rope_freqs is not None:
+            w.write_tensor_data(rope_freqs.numpy())
+
+    def name(self, canonical: str) -> str:
+        return canonical
+
+    def write(self, canonical: str, data):
+        if isinstance(data, torch.Tensor):
+            data = data.contiguous()
+            data = (data.view(torch.int16) if data.dtype == torch.bfloat16 else data).numpy()
+        self.w.write_tensor_data(data)
+
+    def finish(self):
+        self.close()
+
+    def close(self):
+        if self.w.fout is not None:
+            self.w.close()

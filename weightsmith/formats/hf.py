@@ -5,7 +5,7 @@ from pathlib import Path
 from .. import dtypes
 from ..checkpoint import Checkpoint, TensorRef, numel, order
 from ..config import check_shapes, from_hf_config, to_hf_config
-from ..convert import layout, mapping
+from ..convert import layout, mapping, tokenizer
 from ..errors import BadInput
 from .common import Spec, confined, copy_files, read_json, tensor_bytes, write_json
 from .safetensors_file import header_bytes, read_header, read_tensor
@@ -98,10 +98,14 @@ class Writer:
     """Streams safetensors shards: each file's header is known up front, tensors are appended as they come."""
     format = "hf"
     is_dir = True
+    keeps_quantized = False  # float formats: quantized sources are dequantized
+    vectors_f32 = False
     stores_tied_output = False  # transformers ties lm_head to the embeddings; no copy is written
 
-    def __init__(self, out: Path, config, specs: list[Spec], shard_size: int = 5_000_000_000, **_):
-        self.out, self.config = out, config
+    def __init__(self, out: Path, ck: Checkpoint, specs: list[Spec], tokenizer_files: dict | None = None,
+                 shard_size: int = 5_000_000_000, **_):
+        self.out, self.ck, self.config = out, ck, ck.config
+        self.tokenizer_files = ck.tokenizer_files if tokenizer_files is None else tokenizer_files
         self.shards = parse_shard_plan(specs, shard_size)
         n = len(self.shards)
         self.file_names = ["model.safetensors"] if n == 1 else \
@@ -137,14 +141,18 @@ class Writer:
         self.fh.write(tensor_bytes(t))
         self.pos += 1
 
-    def finish(self, ckpt: Checkpoint, tokenizer_files: dict):
-        if self.fh:
-            self.fh.close()
+    def finish(self):
+        self.close()
         if len(self.file_names) > 1:
             write_json(self.out / INDEX, {"metadata": {"total_size": self.total}, "weight_map": self.weight_map})
         write_json(self.out / "config.json", to_hf_config(self.config, self.dtype))
-        copy_files({n: p for n, p in tokenizer_files.items() if n in TOKENIZER_FILES}, self.out)
-        aux = ckpt.aux_files if ckpt.format == "hf" else {}
+        if {"tokenizer.json", "tokenizer_config.json"} & set(self.tokenizer_files):  # HF's own files: as they are
+            copy_files({n: p for n, p in self.tokenizer_files.items() if n in TOKENIZER_FILES}, self.out)
+        else:
+            vocab = tokenizer.vocab_for(self.ck, self.tokenizer_files)
+            if vocab is not None:
+                tokenizer.to_hf(vocab, self.out, self.config.max_seq_len)
+        aux = self.ck.aux_files if self.ck.format == "hf" else {}
         copy_files(aux, self.out)
         if "generation_config.json" not in aux:
             write_json(self.out / "generation_config.json",
@@ -153,3 +161,4 @@ class Writer:
     def close(self):
         if self.fh:
             self.fh.close()
+            self.fh = None

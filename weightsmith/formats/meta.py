@@ -15,8 +15,9 @@ import torch
 from .. import dtypes
 from ..checkpoint import Checkpoint, TensorRef, numel, order
 from ..config import check_shapes, from_meta_params, to_meta_params
-from ..convert import layout, mapping
-from ..errors import BadInput
+from ..convert import layout, mapping, tokenizer
+from ..convert.log import warn
+from ..errors import BadInput, Unsupported
 from .common import Spec, confined, copy_files, pwrite_all, read_json, release_mapped, tensor_bytes, write_json
 
 SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth$")
@@ -167,11 +168,16 @@ class Writer:
     """
     format = "meta"
     is_dir = True
+    keeps_quantized = False  # float formats: quantized sources are dequantized
+    vectors_f32 = False
     stores_tied_output = True  # Meta's reference model always has an output layer
 
-    def __init__(self, out: Path, config, specs: list[Spec], mp: int = 1, **_):
+    def __init__(self, out: Path, ck: Checkpoint, specs: list[Spec], tokenizer_files: dict | None = None, mp: int = 1,
+                 **_):
         from torch._subclasses.fake_tensor import FakeTensorMode
-        self.out, self.config, self.mp = out, config, mp
+        config = ck.config
+        self.out, self.ck, self.config, self.mp = out, ck, config, mp
+        self.tokenizer_files = ck.tokenizer_files if tokenizer_files is None else tokenizer_files
         self.params = to_meta_params(config)
         self.embed_axis = embed_split_axis(config)
         self.axes = {s.canonical: layout.split_axis(mapping.canonical(s.canonical).row.mp, self.embed_axis) for s in specs}
@@ -203,10 +209,18 @@ class Writer:
         for fd, offsets, part in zip(self.fds, self.offsets, parts):
             pwrite_all(fd, tensor_bytes(part), offsets[name])
 
-    def finish(self, ckpt: Checkpoint, tokenizer_files: dict):
+    def finish(self):
         self.close()
         write_json(self.out / "params.json", self.params)
-        copy_files({n: p for n, p in tokenizer_files.items() if n in TOKENIZER_FILES}, self.out)
+        if "tokenizer.model" in self.tokenizer_files:
+            copy_files({"tokenizer.model": self.tokenizer_files["tokenizer.model"]}, self.out)
+        else:
+            vocab = tokenizer.vocab_for(self.ck, self.tokenizer_files)
+            if vocab is not None:
+                try:
+                    tokenizer.to_meta(vocab, self.out)
+                except Unsupported as e:  # the weights are still what was asked for; say what is missing
+                    warn(f"no tokenizer.model written: {e}")
 
     def close(self):
         for fd in self.fds:

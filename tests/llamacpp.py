@@ -1,0 +1,40 @@
+"""llama.cpp (llama-cpp-python) as an oracle: logits, tokenization and greedy generation from a GGUF file."""
+import numpy as np
+import torch
+
+HARD_TEXTS = [
+    "Hello world", "The quick brown fox jumps over the lazy dog.", "  leading spaces and\ttabs\n\nnewlines\r\n",
+    "café naïve Ærø façade", "日本語のテキストと中文", "emoji 🤗🚀 done 👍🏽", "def f(x):\n    return x**2  # code {}[]",
+    "numbers 1234567 and 3.14159, 1,000,000", "a  b   c    d     e", "can't won't I'm they'll we'd",
+    "<|im_start|>user\nhi<|im_end|>", "<s>special</s> in text",
+]
+
+
+def load(path, **kw):
+    from llama_cpp import Llama
+    return Llama(model_path=str(path), verbose=False, n_threads=2, **kw)
+
+
+def logits(path, ids) -> torch.Tensor:
+    llm = load(path, n_ctx=64, logits_all=True)
+    llm.eval(ids)
+    return torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float64)
+
+
+def tokenize(path, text: str) -> list[int]:
+    return load(path, vocab_only=True).tokenize(text.encode(), add_bos=False, special=True)
+
+
+def greedy(path, ids, n) -> list[int]:
+    llm = load(path, n_ctx=128)
+    out = []
+    for tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        out.append(tok)
+        if len(out) == n:
+            break
+    return out
+
+
+def max_kld(ref: torch.Tensor, cand: torch.Tensor) -> float:
+    lp, lq = ref.double().log_softmax(-1), cand.double().log_softmax(-1)
+    return (lp.exp() * (lp - lq)).sum(-1).max().item()
