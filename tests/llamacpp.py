@@ -10,8 +10,26 @@ HARD_TEXTS = [
 ]
 
 
+def _no_extra_buffer_types():
+    """llama.cpp built natively on an AMX machine repacks quantized weights for AMX tiles, and that path segfaults
+    in this sandbox (seen: ggml_backend_amx_mul_mat, SIGSEGV). Loading without extra buffer types uses the
+    ordinary CPU kernels, which is also what an oracle should use."""
+    from llama_cpp import llama_cpp as lc
+    default = lc.llama_model_default_params
+    if getattr(default, "_weightsmith", False):
+        return
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    params._weightsmith = True
+    lc.llama_model_default_params = params
+
+
 def load(path, **kw):
     from llama_cpp import Llama
+    _no_extra_buffer_types()
     return Llama(model_path=str(path), verbose=False, n_threads=2, **kw)
 
 
@@ -26,12 +44,13 @@ def tokenize(path, text: str) -> list[int]:
 
 
 def greedy(path, ids, n) -> list[int]:
-    llm = load(path, n_ctx=128)
+    """Argmax decoding over llama.cpp's own logits, one token at a time (its KV cache carries the context)."""
+    llm = load(path, n_ctx=128, logits_all=True)
+    llm.eval(list(ids))
     out = []
-    for tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-        out.append(tok)
-        if len(out) == n:
-            break
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
     return out
 
 

@@ -143,3 +143,21 @@ def test_gguf_passthrough_is_byte_identical(tmp_path, run_cli):
     assert sorted(a) == sorted(b)
     for k in a:
         assert a[k].tensor_type == b[k].tensor_type and np.array_equal(a[k].data, b[k].data), k
+
+
+def test_split_gguf_written_and_read(tmp_path, run_cli):
+    """--split-max-size writes gguf-split's naming; llama.cpp loads the split; weightsmith reads it back whole."""
+    import gguf
+    out = tmp_path / "smol.gguf"
+    run_cli("convert", SMOL, out, "--split-max-size", "40MB", "-q", check=0)
+    files = sorted(tmp_path.glob("smol-*-of-00003.gguf"))
+    assert [f.name for f in files] == [f"smol-0000{i}-of-00003.gguf" for i in (1, 2, 3)] and not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert torch.equal(llamacpp.logits(files[0], IDS[:6]), llamacpp.logits(SMOL, IDS[:6]))
+    run_cli("convert", files[0], tmp_path / "whole.gguf", "-q", check=0)
+    a = {t.name: t for t in gguf.GGUFReader(SMOL).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(tmp_path / "whole.gguf").tensors}
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k].data, b[k].data) for k in a)
+    (tmp_path / files[2].name).unlink()
+    r = run_cli("inspect", files[0])
+    assert r.returncode == 2 and "missing" in r.stderr

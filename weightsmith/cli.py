@@ -45,6 +45,7 @@ def inspect(path, as_json):
 @click.option("--to", "to", type=click.Choice(["hf", "gguf", "meta"]), help="Target format (default from DST).")
 @click.option("--type", "type_", help="Tensor type: f32, f16, bf16 (default: keep the source's).")
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest HF shard.")
+@click.option("--split-max-size", help="GGUF output: split into files of at most this size (gguf-split naming).")
 @click.option("--mp", default=1, show_default=True, type=int, help="Meta output: model-parallel shards.")
 @click.option("--tokenizer", type=click.Path(), help="Tokenizer file or directory to carry into the output.")
 @click.option("--tokenizer-pre", help="GGUF output: llama.cpp's name for the pre-tokenizer (llama-bpe, smollm, gpt-2) "
@@ -52,11 +53,12 @@ def inspect(path, as_json):
 @click.option("--no-check", is_flag=True, help="Skip checklist.chk md5 verification of a Meta source.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
 @click.option("-q", "--quiet", is_flag=True, help="No per-tensor log and no progress bar.")
-def convert(src, dst, to, type_, shard_size, mp, tokenizer, tokenizer_pre, no_check, force, quiet):
+def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, tokenizer_pre, no_check, force, quiet):
     """Convert SRC to DST (Meta, HF, GGUF in any direction), streaming one tensor at a time."""
     from .convert.pipeline import convert as run
     run(src, dst, to=to, type_=type_, shard_size=parse_size(shard_size), mp=mp, tokenizer=tokenizer,
-        tokenizer_pre=tokenizer_pre, quiet=quiet, force=force, check=not no_check)
+        tokenizer_pre=tokenizer_pre, split_max_size=parse_size(split_max_size) if split_max_size else 0, quiet=quiet,
+        force=force, check=not no_check)
 
 
 class Interrupted(BaseException):

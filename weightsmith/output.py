@@ -7,9 +7,12 @@ from .errors import BadInput
 
 
 class AtomicOutput:
-    """`with AtomicOutput(dst, is_dir) as tmp:` write into tmp; on success tmp becomes dst, on any error it is removed.
+    """`with AtomicOutput(dst, is_dir) as path:` write at path; on success it becomes dst, on any error it is removed.
 
-    An existing dst is refused unless force; with force it is replaced only once the new output is complete.
+    A directory output is written as a hidden sibling directory and renamed. A file output is written inside a
+    hidden staging directory, which may also receive the other files of a split (model-00001-of-00003.gguf ...);
+    all of them are moved beside dst at the end. An existing output is refused unless force; with force it is
+    replaced only once the new output is complete.
     """
 
     def __init__(self, dst: Path, is_dir: bool, force: bool = False):
@@ -22,26 +25,32 @@ class AtomicOutput:
         if not self.dst.parent.is_dir():
             raise BadInput(f"output directory {self.dst.parent} does not exist")
         _remove(self.tmp)
-        if self.is_dir:
-            self.tmp.mkdir()
-        return self.tmp
+        self.tmp.mkdir()
+        return self.tmp if self.is_dir else self.tmp / self.dst.name
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            _remove(self.tmp)
-            return False
         try:
-            if self.dst.exists():
-                old = self.dst.parent / f".{self.dst.name}.weightsmith-old-{os.getpid()}"
-                os.replace(self.dst, old)
-                os.replace(self.tmp, self.dst)
-                _remove(old)
-            else:
-                os.replace(self.tmp, self.dst)
-        except BaseException:
+            if exc_type is None:
+                moves = [(self.tmp, self.dst)] if self.is_dir else \
+                    [(f, self.dst.parent / f.name) for f in sorted(self.tmp.iterdir())]
+                taken = [str(d) for _, d in moves if d.exists()]
+                if taken and not self.force:
+                    raise BadInput(f"{taken[0]} already exists (use --force to replace it)")
+                for src, dst in moves:
+                    _replace(src, dst)
+        finally:
             _remove(self.tmp)
-            raise
         return False
+
+
+def _replace(src: Path, dst: Path):
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.weightsmith-old-{os.getpid()}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        _remove(old)
+    else:
+        os.replace(src, dst)
 
 
 def _remove(p: Path):

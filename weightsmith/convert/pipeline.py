@@ -49,13 +49,15 @@ def tokenizer_override(path) -> dict[str, Path]:
 
 
 def convert(src, dst, to: str | None = None, type_: str | None = None, shard_size: int = 5_000_000_000, mp: int = 1,
-            tokenizer=None, tokenizer_pre: str | None = None, quiet: bool = False, force: bool = False,
-            check: bool = True) -> Checkpoint:
+            tokenizer=None, tokenizer_pre: str | None = None, split_max_size: int = 0, quiet: bool = False,
+            force: bool = False, check: bool = True) -> Checkpoint:
     dst = Path(dst)
     to = to or formats.default_target(dst)
     writer_cls = formats.writer(to)
     if mp < 1 or (mp > 1 and to != "meta"):
         raise BadInput("--mp N (N >= 1) applies to Meta output only")
+    if split_max_size and to != "gguf":
+        raise BadInput("--split-max-size applies to GGUF output only (HF output shards with --shard-size)")
     tok_files = tokenizer_override(tokenizer) if tokenizer else None
     ck = formats.open_checkpoint(src)
     if check and ck.integrity_check:
@@ -69,7 +71,7 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
     specs = [Spec(name, ref.shape, t) for name, ref, t in jobs]
     with AtomicOutput(dst, writer_cls.is_dir, force) as tmp:
         w = writer_cls(tmp, ck, specs, tokenizer_files=tok_files, tokenizer_pre=tokenizer_pre, shard_size=shard_size,
-                       mp=mp)
+                       mp=mp, split_max_size=split_max_size)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
             for name, ref, t in jobs:

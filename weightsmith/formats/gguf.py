@@ -143,14 +143,15 @@ class Writer:
     vectors_f32 = True          # norms stay f32, as llama.cpp's converter writes them
 
     def __init__(self, out: Path, ck: Checkpoint, specs, tokenizer_files: dict | None = None,
-                 tokenizer_pre: str | None = None, **_):
+                 tokenizer_pre: str | None = None, split_max_size: int = 0, **_):
         import gguf
         cfg = ck.config
         vocab = tokenizer.vocab_for(ck, tokenizer_files, tokenizer_pre)
         if vocab is None:
             raise Unsupported(f"{ck.path}: no tokenizer to put in the GGUF file (llama.cpp needs one): pass "
                               f"--tokenizer with an HF tokenizer.json")
-        self.w = gguf.GGUFWriter(None, "llama")
+        # split files are named as llama.cpp's gguf-split names them: model-00001-of-00003.gguf
+        self.w = gguf.GGUFWriter(None, "llama", split_max_size=split_max_size)
         w = self.w
         w.add_name(ck.name or Path(ck.path).name)
         w.add_context_length(cfg.max_seq_len)
@@ -190,6 +191,8 @@ class Writer:
                 block, size = g.GGML_QUANT_SIZES[_ggml_type(s.dtype)]
                 nbytes = int(np.prod(s.shape)) // block * size
             w.add_tensor_info(s.canonical, list(s.shape), np.dtype(np.float32), nbytes, raw_dtype=_ggml_type(s.dtype))
+        if split_max_size and len(w.tensors) == 1:
+            raise BadInput(f"--split-max-size {split_max_size}: the model fits in one file; nothing to split")
         w.write_header_to_file(path=out)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
