@@ -61,6 +61,19 @@ def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, toke
         force=force, check=not no_check)
 
 
+@main.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.argument("type_", metavar="TYPE")
+@click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
+@click.option("-q", "--quiet", is_flag=True, help="No per-tensor log and no progress bar.")
+def quantize(src, dst, type_, force, quiet):
+    """Quantize SRC into DST of the same format (llama-quantize style): weightsmith quantize in.gguf out.gguf q8_0"""
+    from .convert.pipeline import convert as run
+    from .formats import open_checkpoint
+    run(src, dst, to=open_checkpoint(src).format, type_=type_, quiet=quiet, force=force)
+
+
 class Interrupted(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so every `with` block cleans up its partial output."""
 

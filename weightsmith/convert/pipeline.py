@@ -6,10 +6,14 @@ from ..checkpoint import Checkpoint, numel
 from ..errors import BadInput, Unsupported
 from ..formats.common import Spec
 from ..output import AtomicOutput
+from ..quant import types as quant
 from .log import TensorLog
 
-# --type values for float targets; quantized types arrive with the quant package
+# --type values: float types everywhere, ggml block types for GGUF output
 FLOAT_TARGETS = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
+QUANT_TARGETS = {name.lower(): name for name in quant.REGISTRY}
+# a matrix whose rows do not split into the type's blocks is written as llama.cpp's converter writes it
+BLOCK_FALLBACK = "F16"
 
 
 def source_type(ck: Checkpoint) -> str:
@@ -21,11 +25,18 @@ def source_type(ck: Checkpoint) -> str:
 
 
 def target_type(type_: str | None, ref, writer_cls, default: str) -> str:
-    if type_ is not None:
+    if type_ is not None and type_.lower() in QUANT_TARGETS:
+        if not writer_cls.keeps_quantized:
+            raise Unsupported(f"--type {type_}: ggml block types are written to GGUF output only")
+        t = QUANT_TARGETS[type_.lower()]
+        if len(ref.shape) > 1 and ref.shape[-1] % quant.get(t).block:
+            t = BLOCK_FALLBACK
+    elif type_ is not None:
         try:
             t = FLOAT_TARGETS[type_.lower()]
         except KeyError:
-            raise Unsupported(f"--type {type_}: not a supported type (float types: {', '.join(FLOAT_TARGETS)})") from None
+            raise Unsupported(f"--type {type_}: not a supported type ({', '.join([*FLOAT_TARGETS, *QUANT_TARGETS])})") \
+                from None
     elif writer_cls.keeps_quantized:
         t = ref.dtype if ref.raw is not None or dtypes.is_float(ref.dtype) else "F32"  # quantized bytes pass through
     else:
@@ -75,16 +86,29 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
             for name, ref, t in jobs:
+                note = ""
                 if t == ref.dtype and not dtypes.is_float(t):
-                    data, nbytes = ref.raw(), ref.nbytes
-                else:
+                    data = ref.raw()  # quantized bytes, untouched
+                elif dtypes.is_float(t):
                     data = dtypes.cast(ref.load(), t)
-                    nbytes = numel(ref.shape) * dtypes.itemsize(t)
+                else:
+                    data, note = _quantize(ref, t, w.name(name))
                 w.write(name, data)
-                log.tensor(w.name(name), ref.shape, t, ref.nbytes, nbytes)
+                log.tensor(w.name(name), ref.shape, t, ref.nbytes, data.nbytes, note)
                 del data
             w.finish()
         finally:
             w.close()
         log.finish(dst)
     return ck
+
+
+def _quantize(ref, t: str, name: str):
+    """The tensor as type t's bytes, and the log note: its relative RMS error (and where it was requantized from)."""
+    x = ref.load().float()
+    data = quant.quantize(x, t, name)
+    err = (quant.dequantize(data, t, x.shape) - x).norm() / x.norm().clamp(min=1e-30)
+    note = f" | rel rms err {err.item():.2%}"
+    if not dtypes.is_float(ref.dtype):
+        note += f" | requantized from {ref.dtype} through f32"
+    return data, note

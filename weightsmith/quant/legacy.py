@@ -1,0 +1,68 @@
+"""ggml's legacy block types, 32 weights a block, vectorized over all blocks at once. Each function mirrors
+quantize_row_*_ref in ggml-quants.c step for step (float32 throughout), so the bytes are libggml's.
+
+Input: float32 [n_blocks, 32]. Output: uint8 [n_blocks, type_size].
+"""
+import torch
+
+from .rounding import c_trunc_add, fp16_bytes, roundf
+
+
+def _signed_absmax(x: torch.Tensor) -> torch.Tensor:
+    """The value of largest magnitude, sign kept; the first one on ties (ggml's `if (amax < fabsf(v))`)."""
+    idx = x.abs().argmax(dim=1, keepdim=True)
+    return x.gather(1, idx).squeeze(1)
+
+
+def _inverse(d: torch.Tensor) -> torch.Tensor:
+    """ggml's `d ? 1.0f/d : 0.0f`."""
+    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """Low nibble from the first half of the block, high nibble from the second: qs[j] = q[j] | q[j+16] << 4."""
+    half = q.shape[1] // 2
+    return ((q[:, :half] & 0x0F) | ((q[:, half:] & 0x0F) << 4)).to(torch.uint8)
+
+
+def _high_bits(q: torch.Tensor) -> torch.Tensor:
+    """Bit 4 of each of the 32 values as one little-endian uint32: bit j of qh is bit 4 of q[j]."""
+    bits = ((q >> 4) & 1).to(torch.int64)
+    qh = (bits << torch.arange(32, dtype=torch.int64)).sum(dim=1)
+    return torch.stack([(qh >> (8 * k)) & 0xFF for k in range(4)], dim=1).to(torch.uint8)
+
+
+def q8_0(x: torch.Tensor) -> torch.Tensor:
+    d = x.abs().amax(dim=1) / 127
+    q = roundf(x * _inverse(d)[:, None]).to(torch.int8)
+    return torch.cat([fp16_bytes(d), q.view(torch.uint8)], dim=1)
+
+
+def q4_0(x: torch.Tensor) -> torch.Tensor:
+    d = _signed_absmax(x) / -8
+    q = c_trunc_add(x * _inverse(d)[:, None], 8.5).to(torch.int32).clamp(max=15)
+    return torch.cat([fp16_bytes(d), _pack_nibbles(q)], dim=1)
+
+
+def _min_max(x: torch.Tensor, levels: int):
+    lo, hi = x.amin(dim=1), x.amax(dim=1)
+    d = (hi - lo) / levels
+    return lo, d, (x - lo[:, None]) * _inverse(d)[:, None]
+
+
+def q4_1(x: torch.Tensor) -> torch.Tensor:
+    lo, d, scaled = _min_max(x, 15)
+    q = c_trunc_add(scaled, 0.5).to(torch.int32).clamp(max=15)
+    return torch.cat([fp16_bytes(d), fp16_bytes(lo), _pack_nibbles(q)], dim=1)
+
+
+def q5_0(x: torch.Tensor) -> torch.Tensor:
+    d = _signed_absmax(x) / -16
+    q = c_trunc_add(x * _inverse(d)[:, None], 16.5).to(torch.int32).clamp(max=31)
+    return torch.cat([fp16_bytes(d), _high_bits(q), _pack_nibbles(q)], dim=1)
+
+
+def q5_1(x: torch.Tensor) -> torch.Tensor:
+    lo, d, scaled = _min_max(x, 31)
+    q = c_trunc_add(scaled, 0.5).to(torch.int32)
+    return torch.cat([fp16_bytes(d), fp16_bytes(lo), _high_bits(q), _pack_nibbles(q)], dim=1)
