@@ -12,8 +12,6 @@ from .log import TensorLog
 # --type values: float types everywhere, ggml block types for GGUF output
 FLOAT_TARGETS = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 QUANT_TARGETS = {name.lower(): name for name in quant.REGISTRY}
-# a matrix whose rows do not split into the type's blocks is written as llama.cpp's converter writes it
-BLOCK_FALLBACK = "F16"
 
 
 def source_type(ck: Checkpoint) -> str:
@@ -29,8 +27,8 @@ def target_type(type_: str | None, ref, writer_cls, default: str) -> str:
         if not writer_cls.keeps_quantized:
             raise Unsupported(f"--type {type_}: ggml block types are written to GGUF output only")
         t = QUANT_TARGETS[type_.lower()]
-        if len(ref.shape) > 1 and ref.shape[-1] % quant.get(t).block:
-            t = BLOCK_FALLBACK
+        if len(ref.shape) > 1:
+            t = quant.for_row_length(t, ref.shape[-1])
     elif type_ is not None:
         try:
             t = FLOAT_TARGETS[type_.lower()]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput, Unsupported
-from . import legacy
+from . import kquants, legacy
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,22 @@ REGISTRY = {t.name: t for t in [
     QuantType("Q4_1", legacy.q4_1),
     QuantType("Q5_0", legacy.q5_0),
     QuantType("Q5_1", legacy.q5_1),
+    QuantType("Q4_K", kquants.q4_k),
+    QuantType("Q5_K", kquants.q5_k),
+    QuantType("Q6_K", kquants.q6_k),
 ]}
+
+
+# llama-quantize's substitutes for a matrix whose rows do not split into 256-wide super-blocks; what still does
+# not split into its blocks is written F16
+FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+
+def for_row_length(name: str, n: int) -> str:
+    """The type a matrix with rows of n values actually gets when `name` is asked for."""
+    if n % get(name).block and name in FALLBACK:
+        name = FALLBACK[name]
+    return name if n % get(name).block == 0 else "F16"
 
 
 def get(name: str) -> QuantType:
