@@ -57,3 +57,13 @@ def greedy(path, ids, n) -> list[int]:
 def max_kld(ref: torch.Tensor, cand: torch.Tensor) -> float:
     lp, lq = ref.double().log_softmax(-1), cand.double().log_softmax(-1)
     return (lp.exp() * (lp - lq)).sum(-1).max().item()
+
+
+def quantize(src, dst, ftype: int, nthread: int = 2):
+    """llama-quantize itself (llama_model_quantize), no importance matrix."""
+    from llama_cpp import llama_cpp as lc
+    params = lc.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = nthread
+    rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    assert rc == 0, f"llama_model_quantize failed ({rc})"

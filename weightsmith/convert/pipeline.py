@@ -6,12 +6,12 @@ from ..checkpoint import Checkpoint, numel
 from ..errors import BadInput, Unsupported
 from ..formats.common import Spec
 from ..output import AtomicOutput
+from ..quant import presets
 from ..quant import types as quant
 from .log import TensorLog
 
-# --type values: float types everywhere, ggml block types for GGUF output
+# --type values: float types everywhere; for GGUF output, llama-quantize's types and mixtures (quant.presets)
 FLOAT_TARGETS = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
-QUANT_TARGETS = {name.lower(): name for name in quant.REGISTRY}
 
 
 def source_type(ck: Checkpoint) -> str:
@@ -22,19 +22,18 @@ def source_type(ck: Checkpoint) -> str:
     return t if dtypes.is_float(t) else "F32"
 
 
-def target_type(type_: str | None, ref, writer_cls, default: str) -> str:
-    if type_ is not None and type_.lower() in QUANT_TARGETS:
+def target_type(type_: str | None, ref, writer_cls, default: str, config) -> str:
+    preset = presets.get(type_) if type_ else None
+    if preset is not None:
         if not writer_cls.keeps_quantized:
             raise Unsupported(f"--type {type_}: ggml block types are written to GGUF output only")
-        t = QUANT_TARGETS[type_.lower()]
-        if len(ref.shape) > 1:
-            t = quant.for_row_length(t, ref.shape[-1])
-    elif type_ is not None:
+        return presets.choose(preset[0], ref.canonical, ref.shape, config)
+    if type_ is not None:
         try:
             t = FLOAT_TARGETS[type_.lower()]
         except KeyError:
-            raise Unsupported(f"--type {type_}: not a supported type ({', '.join([*FLOAT_TARGETS, *QUANT_TARGETS])})") \
-                from None
+            names = [*FLOAT_TARGETS, *presets.PRESETS, *presets.ALIASES]
+            raise Unsupported(f"--type {type_}: not a supported type ({', '.join(names)})") from None
     elif writer_cls.keeps_quantized:
         t = ref.dtype if ref.raw is not None or dtypes.is_float(ref.dtype) else "F32"  # quantized bytes pass through
     else:
@@ -73,14 +72,15 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
         ck.integrity_check()
     cfg = ck.config
     default = source_type(ck)
-    jobs = [(r.canonical, r, target_type(type_, r, writer_cls, default)) for r in ck.tensors]
+    jobs = [(r.canonical, r, target_type(type_, r, writer_cls, default, cfg)) for r in ck.tensors]
     if cfg.tied_embeddings and writer_cls.stores_tied_output:
         embd = next(j for j in jobs if j[0] == "token_embd.weight")
         jobs.append(("output.weight", embd[1], embd[2]))
     specs = [Spec(name, ref.shape, t) for name, ref, t in jobs]
     with AtomicOutput(dst, writer_cls.is_dir, force) as tmp:
+        preset = presets.get(type_) if type_ else None
         w = writer_cls(tmp, ck, specs, tokenizer_files=tok_files, tokenizer_pre=tokenizer_pre, shard_size=shard_size,
-                       mp=mp, split_max_size=split_max_size)
+                       mp=mp, split_max_size=split_max_size, file_type=preset[1].file_type if preset else None)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
             for name, ref, t in jobs:

@@ -143,7 +143,7 @@ class Writer:
     vectors_f32 = True          # norms stay f32, as llama.cpp's converter writes them
 
     def __init__(self, out: Path, ck: Checkpoint, specs, tokenizer_files: dict | None = None,
-                 tokenizer_pre: str | None = None, split_max_size: int = 0, **_):
+                 tokenizer_pre: str | None = None, split_max_size: int = 0, file_type: int | None = None, **_):
         import gguf
         cfg = ck.config
         vocab = tokenizer.vocab_for(ck, tokenizer_files, tokenizer_pre)
@@ -179,7 +179,9 @@ class Writer:
             else:
                 raise Unsupported(f"rope scaling {kind!r} has no GGUF spelling weightsmith writes")
         mats = [s.dtype for s in specs if len(s.shape) > 1]
-        w.add_file_type(FILE_TYPES.get(max(set(mats), key=mats.count), 0) if mats else 0)
+        if file_type is None:  # a float or as-is file: the type of most matrices, as llama.cpp's converter says it
+            file_type = FILE_TYPES.get(max(set(mats), key=mats.count), 0) if mats else 0
+        w.add_file_type(file_type)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         tokenizer.to_gguf(w, vocab.padded(cfg.vocab_size))
         if rope_freqs is not None:

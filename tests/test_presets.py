@@ -1,0 +1,84 @@
+"""Type mixtures against llama-quantize itself (llama_model_quantize in llama-cpp-python): for each preset, the
+file weightsmith writes has the same tensors, the same type for each, the same bytes and the same file_type."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import llamacpp
+from test_gguf_read import SMOL
+from weightsmith.quant.presets import PRESETS
+
+PRESET_NAMES = ["q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q5_1"]
+
+
+def hf_model(path, tied: bool):
+    """8 layers (so llama-quantize's first/last-eighth rules split them), rows of 256 and 768: k-quant friendly."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(1)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=8, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=tied, dtype=torch.float32)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5 if p.dim() > 1 else 1 + 0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, tok_dir):
+    from conftest import cli
+    root = tmp_path_factory.mktemp("presets")
+    out = {}
+    for tied in (False, True):
+        src = hf_model(root / f"hf-{tied}", tied)
+        out[f"tiny-tied{tied}"] = root / f"tiny-{tied}.gguf"
+        cli("convert", src, out[f"tiny-tied{tied}"], "--type", "f16", "--tokenizer", tok_dir, "-q", check=0)
+    out["smollm2"] = root / "smollm2-f16.gguf"
+    cli("convert", SMOL, out["smollm2"], "--type", "f16", "-q", check=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    from test_gguf_write import tok_dir as make
+    return make.__wrapped__(tmp_path_factory)
+
+
+# every preset on the tiny models; on the real model (30 layers, rows of 576 that take the fallbacks) the two
+# mixtures with the most rules, to keep CI short: weightsmith's k-quants take ~25 s on it (llama-quantize ~3 s)
+CASES = [(m, p) for m in ("tiny-tiedFalse", "tiny-tiedTrue") for p in PRESET_NAMES] + \
+    [("smollm2", "q4_k_m"), ("smollm2", "q4_k_s")]
+
+
+@pytest.mark.parametrize("model,preset", CASES)
+def test_preset_equals_llama_quantize(sources, tmp_path, run_cli, model, preset):
+    import gguf
+    src = sources[model]
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    run_cli("quantize", src, ours, preset, "-q", check=0)
+    llamacpp.quantize(src, theirs, PRESETS[preset].file_type)
+    a = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    assert sorted(a) == sorted(b)
+    types = {k: (a[k].tensor_type.name, b[k].tensor_type.name) for k in a}
+    assert all(x == y for x, y in types.values()), {k: v for k, v in types.items() if v[0] != v[1]}
+    assert all(np.array_equal(a[k].data, b[k].data) for k in a), [k for k in a if not np.array_equal(a[k].data, b[k].data)]
+    fa, fb = gguf.GGUFReader(theirs).fields, gguf.GGUFReader(ours).fields
+    assert fa["general.file_type"].contents() == fb["general.file_type"].contents()
+
+
+def test_preset_straight_from_hf_and_meta(built, tmp_path, run_cli, sources):
+    """convert ANY -> GGUF --type q4_k_m in one step equals converting to f16 first and quantizing that
+    (the values reach the quantizer as the f16 file holds them)."""
+    import gguf
+    run_cli("convert", SMOL, tmp_path / "hf", "--type", "f16", "-q", check=0)
+    run_cli("convert", tmp_path / "hf", tmp_path / "direct.gguf", "--type", "q4_k_m", "-q", check=0)
+    run_cli("quantize", sources["smollm2"], tmp_path / "two-step.gguf", "q4_k_m", "-q", check=0)
+    a = {t.name: t for t in gguf.GGUFReader(tmp_path / "direct.gguf").tensors}
+    b = {t.name: t for t in gguf.GGUFReader(tmp_path / "two-step.gguf").tensors}
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k].data, b[k].data) for k in a)
+    r = json.loads(run_cli("inspect", tmp_path / "direct.gguf", "--json", check=0).stdout)
+    assert r["metadata"]["general.file_type"] == 15
