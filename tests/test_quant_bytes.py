@@ -95,7 +95,7 @@ def smol_tokenizer(tmp_path_factory):
 @pytest.mark.parametrize("type_name", list(types.REGISTRY))
 def test_convert_to_quantized_gguf(built, tmp_path, run_cli, smol_tokenizer, type_name):
     """HF -> GGUF TYPE: every matrix is libggml's quantization of the same canonical f32 tensor, norms stay f32,
-    and llama.cpp runs the file."""
+    and llama.cpp runs the file. (The tiny model's rows of 128 take the k-quants' substitutes.)"""
     import gguf
     import llamacpp
     from oracles import TOKENS
@@ -111,11 +111,10 @@ def test_convert_to_quantized_gguf(built, tmp_path, run_cli, smol_tokenizer, typ
         if len(t.shape) == 1:
             assert t.tensor_type.name == "F32"
             continue
-        # rows of 128 take llama-quantize's substitutes for the 256-wide k-quants
-        want_type = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}.get(type_name, type_name)
-        assert t.tensor_type.name == want_type
-        want = ggml_ref.quantize(np.asarray(ref[name].data).reshape(-1, int(t.shape[0])), want_type)
+        # which type each matrix gets is llama-quantize's choice (test_presets); its bytes are libggml's
+        want = ggml_ref.quantize(np.asarray(ref[name].data).reshape(-1, int(t.shape[0])), t.tensor_type.name)
         assert np.array_equal(np.asarray(t.data).reshape(want.shape), want), name
+    assert {t.tensor_type.name for t in got.values()} & {type_name, *types.FALLBACK.values()}
     kld = llamacpp.max_kld(llamacpp.logits(tmp_path / "f32.gguf", TOKENS[0]), llamacpp.logits(tmp_path / "q.gguf", TOKENS[0]))
     assert kld < 0.5  # a sanity bound: llama.cpp ran the quantized file and its logits still track the f32 file's
 
@@ -129,24 +128,6 @@ def test_quantize_command_requantizes_through_f32(tmp_path, run_cli):
     name = "blk.3.ffn_up.weight"
     x = gguf.quants.dequantize(src[name].data, src[name].tensor_type)
     assert np.array_equal(np.asarray(out[name].data), ggml_ref.quantize(x, "Q8_0"))
-
-
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
-def test_kquant_gguf_of_real_model(tmp_path, run_cli, type_name):
-    """SmolLM2 (rows of 576 and 1536: the 1536-wide ffn_down takes the k-quant, the rest its substitute), every
-    tensor equal to libggml's quantization of the f16 file's values; llama.cpp runs it."""
-    import gguf
-    import llamacpp
-    run_cli("convert", SMOL, tmp_path / "f16.gguf", "--type", "f16", "-q", check=0)
-    run_cli("quantize", tmp_path / "f16.gguf", tmp_path / "q.gguf", type_name.lower(), "-q", check=0)
-    src = {t.name: t for t in gguf.GGUFReader(tmp_path / "f16.gguf").tensors}
-    out = {t.name: t for t in gguf.GGUFReader(tmp_path / "q.gguf").tensors}
-    assert out["blk.0.ffn_down.weight"].tensor_type.name == type_name
-    for name, t in out.items():
-        if len(t.shape) > 1:
-            x = np.asarray(src[name].data, dtype=np.float32).reshape(-1, int(t.shape[0]))
-            assert np.array_equal(np.asarray(t.data).reshape(x.shape[0], -1), ggml_ref.quantize(x, t.tensor_type.name)), name
-    assert len(llamacpp.greedy(tmp_path / "q.gguf", [1, 504, 3575], 3)) == 3
 
 
 def test_block_types_need_gguf_output(built, tmp_path, run_cli):
