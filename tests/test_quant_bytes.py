@@ -99,7 +99,6 @@ def test_convert_to_quantized_gguf(built, tmp_path, run_cli, smol_tokenizer, typ
     import gguf
     import llamacpp
     from oracles import TOKENS
-    from test_gguf_write import llamacpp_kld
     src = built.hf("llama3")
     run_cli("convert", src, tmp_path / "f32.gguf", "--tokenizer", smol_tokenizer, "-q", check=0)
     r = run_cli("convert", src, tmp_path / "q.gguf", "--type", type_name.lower(), "--tokenizer", smol_tokenizer, check=0)

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from .. import dtypes, formats
-from ..checkpoint import Checkpoint, numel
+from ..checkpoint import Checkpoint
 from ..errors import BadInput, Unsupported
 from ..formats.common import Spec
 from ..output import AtomicOutput

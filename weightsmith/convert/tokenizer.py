@@ -9,7 +9,7 @@ The pre-tokenizer is the easy thing to get wrong: llama.cpp knows it only by nam
 only by its JSON. PRE_TOKENIZERS pairs the two; anything else is an error that says how to name it.
 """
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInput, Unsupported

@@ -120,9 +120,9 @@ class _Loader:
 
 # ---- writing ----------------------------------------------------------------------------------------------
 
-# the general.file_type llama.cpp records for a file whose matrices are mostly of one type
-FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 12,
-              "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "BF16": 32}
+# general.file_type (llama_ftype) of a float file, by the type of most of its matrices; quantized mixtures carry
+# theirs in quant.presets, and a GGUF passed through as it is keeps its own
+FLOAT_FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32}
 
 
 def _ggml_type(name: str):
@@ -178,20 +178,18 @@ class Writer:
                 w.add_rope_scaling_factor(rs["factor"])
             else:
                 raise Unsupported(f"rope scaling {kind!r} has no GGUF spelling weightsmith writes")
-        mats = [s.dtype for s in specs if len(s.shape) > 1]
-        if file_type is None:  # a float or as-is file: the type of most matrices, as llama.cpp's converter says it
-            file_type = FILE_TYPES.get(max(set(mats), key=mats.count), 0) if mats else 0
+        if file_type is None:
+            mats = [s.dtype for s in specs if len(s.shape) > 1]
+            main = max(set(mats), key=mats.count) if mats else "F32"
+            file_type = FLOAT_FILE_TYPES.get(main, ck.info.get("metadata", {}).get("general.file_type", 0))
         w.add_file_type(file_type)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         tokenizer.to_gguf(w, vocab.padded(cfg.vocab_size))
         if rope_freqs is not None:
             w.add_tensor_info("rope_freqs.weight", list(rope_freqs.shape), np.dtype(np.float32), rope_freqs.numel() * 4)
         for s in specs:
-            nbytes = int(np.prod(s.shape)) * dtypes.itemsize(s.dtype) if dtypes.is_float(s.dtype) else None
-            if nbytes is None:
-                import gguf as g
-                block, size = g.GGML_QUANT_SIZES[_ggml_type(s.dtype)]
-                nbytes = int(np.prod(s.shape)) // block * size
+            block, size = gguf.GGML_QUANT_SIZES[_ggml_type(s.dtype)]  # floats too: blocks of one
+            nbytes = int(np.prod(s.shape)) // block * size
             w.add_tensor_info(s.canonical, list(s.shape), np.dtype(np.float32), nbytes, raw_dtype=_ggml_type(s.dtype))
         if split_max_size and len(w.tensors) == 1:
             raise BadInput(f"--split-max-size {split_max_size}: the model fits in one file; nothing to split")
