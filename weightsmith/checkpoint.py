@@ -11,11 +11,12 @@ from .convert import mapping
 
 @dataclass
 class TensorRef:
-    """A tensor not yet read. load() returns it in canonical layout (Meta/GGUF rope order), source dtype."""
+    """A tensor not yet read. load() returns it in canonical layout (Meta/GGUF rope order): a float tensor of the
+    source dtype, or a quantized one dequantized to f32."""
     name: str                      # as stored in the source file
     canonical: str
     shape: tuple[int, ...]         # PyTorch order, [out, in]
-    dtype: str                     # weightsmith type name: F32, F16, BF16
+    dtype: str                     # F32, F16, BF16, or a ggml type name (Q4_1, Q8_0, ...) for GGUF sources
     nbytes: int
     load: Callable[[], torch.Tensor] = field(repr=False)
     raw: Callable[[], object] | None = field(default=None, repr=False)  # stored bytes of a quantized tensor (GGUF)
@@ -23,7 +24,7 @@ class TensorRef:
 
 @dataclass
 class Checkpoint:
-    format: str                    # "hf" | "meta"
+    format: str                    # "hf" | "meta" | "gguf"
     path: Path
     config: ModelConfig
     tensors: list[TensorRef]       # canonical writing order

@@ -79,7 +79,7 @@ class _Loader:
 
 # ---- writing ----------------------------------------------------------------------------------------------
 
-def parse_shard_plan(specs: list[Spec], shard_size: int) -> list[list[Spec]]:
+def plan_shards(specs: list[Spec], shard_size: int) -> list[list[Spec]]:
     """Greedy split into shards of at most shard_size bytes (a larger tensor gets a shard of its own)."""
     shards, cur, size = [], [], 0
     for s in specs:
@@ -106,7 +106,7 @@ class Writer:
                  shard_size: int = 5_000_000_000, **_):
         self.out, self.ck, self.config = out, ck, ck.config
         self.tokenizer_files = ck.tokenizer_files if tokenizer_files is None else tokenizer_files
-        self.shards = parse_shard_plan(specs, shard_size)
+        self.shards = plan_shards(specs, shard_size)
         n = len(self.shards)
         self.file_names = ["model.safetensors"] if n == 1 else \
             [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
