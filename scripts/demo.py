@@ -86,6 +86,8 @@ def main():
         ("Meta f32 -> GGUF f32", OUT / "meta-f32", OUT / "smollm2-f32.gguf", ["--tokenizer", OUT / "hf-f32"], "gguf",
          "F32"),  # SmolLM2's BPE has no Meta tokenizer.model form: the HF copy supplies it
         ("GGUF -> GGUF (as is)", gguf_file, OUT / "smollm2-q4_1.gguf", [], "gguf", "Q4_1"),
+        ("HF f32 -> GGUF q8_0", OUT / "hf-f32", OUT / "smollm2-q8_0.gguf", ["--type", "q8_0"], "gguf", "Q8_0"),
+        ("HF f32 -> GGUF q4_k_m", OUT / "hf-f32", OUT / "smollm2-q4_k_m.gguf", ["--type", "q4_k_m"], "gguf", "Q4_K_M"),
     ]
     rows = [("GGUF (source)", "Q4_1", size(gguf_file), drift(ref, ref), 0.0, None)]
     for label, src, dst, extra, fmt, type_ in steps:
@@ -108,9 +110,9 @@ def main():
     print(f"\nprompt: {PROMPT!r}; reference: transformers' own GGUF loader on the same file (the Q4_1 source's own")
     print("row is that reference against itself). llama.cpp rounds activations to 8 bits against Q4_1 weights and to")
     print("f16 against f16 weights, so its rows differ from transformers' f32 arithmetic by more than the files do.\n")
-    print(f"{'step':<24} {'type':<5} {'size MB':>8} {'max|dlogit|':>12} {'mean KLD':>10} {'top-1':>6} {'secs':>6}  generates")
+    print(f"{'step':<24} {'type':<6} {'size MB':>8} {'max|dlogit|':>12} {'mean KLD':>10} {'top-1':>6} {'secs':>6}  generates")
     for label, type_, nbytes, d, secs, text in rows:
-        print(f"{label:<24} {type_:<5} {nbytes / 1e6:8.1f} {d['max_dlogit']:12.2e} {d['mean_kld']:10.2e} "
+        print(f"{label:<24} {type_:<6} {nbytes / 1e6:8.1f} {d['max_dlogit']:12.2e} {d['mean_kld']:10.2e} "
               f"{d['top1']:6.2f} {secs:6.1f}  {text!r}")
 
 
