@@ -212,7 +212,8 @@ def from_hf_config(d: dict, shapes: dict, source="config.json") -> ModelConfig:
 
 
 def to_hf_config(cfg: ModelConfig, dtype_name: str) -> dict:
-    torch_dtype = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[dtype_name]
+    from . import dtypes
+    torch_dtype = str(dtypes.torch_dtype(dtype_name)).removeprefix("torch.")
     d = dict(cfg.hf_extra)
     d.update({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",

@@ -205,10 +205,6 @@ def _hf_config(vocab: Vocab, max_len: int, cls: str) -> dict:
     return cfg
 
 
-def _write_json(path: Path, obj):
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def split_merges(pieces: dict, priority) -> list[tuple]:
     """BPE merges from a vocabulary that has no merge list (SentencePiece scores, tiktoken ranks): every split of
     every piece into two pieces of the vocabulary, ordered by the merged piece's priority (lowest first), ties in
@@ -232,6 +228,8 @@ def to_hf(vocab: Vocab, out: Path, max_len: int):
     """tokenizer.json (+ tokenizer_config.json) that transformers' AutoTokenizer loads. A SentencePiece vocabulary
     also gets its tokenizer.model, as Llama 2 repositories ship both."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+
+    from ..formats.common import write_json  # here: formats imports this module
     special = {i for i, t in enumerate(vocab.types) if t in (CONTROL, UNKNOWN)}
     user = {i for i, t in enumerate(vocab.types) if t == USER_DEFINED}
     base = {t: i for i, t in enumerate(vocab.tokens)}  # added tokens stay in the model's vocab too, as HF has them
@@ -268,7 +266,7 @@ def to_hf(vocab: Vocab, out: Path, max_len: int):
     elif vocab.model == "gpt2":
         tk.post_processor = processors.ByteLevel(trim_offsets=False)
     tk.save(str(out / "tokenizer.json"))
-    _write_json(out / "tokenizer_config.json", _hf_config(vocab, max_len, "PreTrainedTokenizerFast"))
+    write_json(out / "tokenizer_config.json", _hf_config(vocab, max_len, "PreTrainedTokenizerFast"))
 
 
 def _skeleton(pre: dict) -> dict:

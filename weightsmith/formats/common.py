@@ -30,7 +30,7 @@ def read_json(path: Path, what: str) -> dict:
 
 def write_json(path: Path, obj):
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
 
 
