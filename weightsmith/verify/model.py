@@ -1,0 +1,189 @@
+"""Reference forward pass of a Llama-family model in plain torch, Meta's formulation on canonical tensors.
+
+Weights come from the checkpoint's lazy refs (quantized GGUF tensors arrive dequantized) and are cast to one
+compute dtype (f32 by default). Two ways to run it:
+  - Model: every weight in memory, with a KV cache (generate, sampling);
+  - lockstep(): two checkpoints streamed one transformer block at a time, so peak weight memory is one block per
+    model plus the embedding/output matrix, and the hidden states of every chunk are compared after each block.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..convert import layout
+from ..errors import BadInput, Unsupported
+
+BLOCK = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def device_for(name: str | None) -> torch.device:
+    try:
+        dev = torch.device(name or "cpu")
+    except RuntimeError as e:
+        raise BadInput(f"--device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    return dev
+
+
+class Weights:
+    """Loads canonical tensors of one checkpoint on demand, cast to the compute dtype on the compute device."""
+
+    def __init__(self, ck, device=None, dtype=torch.float32):
+        self.ck, self.cfg, self.device, self.dtype = ck, ck.config, device_for(device), dtype
+        self.refs = {t.canonical: t for t in ck.tensors}
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.refs[name].load().to(device=self.device, dtype=self.dtype)
+
+    def block(self, i: int) -> dict:
+        return {k: self.get(f"blk.{i}.{k}.weight") for k in BLOCK}
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        # rows picked from the stored tensor before the cast: a 128K-row embedding is never copied whole
+        emb = self.refs["token_embd.weight"].load()
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= emb.shape[0]):
+            raise BadInput(f"token id out of range for a vocabulary of {emb.shape[0]}")
+        return emb[tokens.cpu()].to(device=self.device, dtype=self.dtype)
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output norm, output matrix); a tied model's output matrix is its embedding."""
+        out = "token_embd.weight" if self.cfg.tied_embeddings else "output.weight"
+        return self.get("output_norm.weight"), self.get(out)
+
+
+def rope_inv_freq(cfg) -> torch.Tensor:
+    """Rotary frequencies in float64, with Llama 3.1 (llama3) or linear scaling applied."""
+    hd = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    rs = cfg.rope_scaling
+    if rs:
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind == "llama3":
+            inv = inv / layout.llama3_rope_factors(hd, cfg.rope_theta, rs).double()
+        elif kind == "linear":
+            inv = inv / rs["factor"]
+        else:
+            raise Unsupported(f"rope scaling {kind!r} is not implemented in the reference forward pass")
+    return inv
+
+
+@dataclass
+class Rope:
+    cos: torch.Tensor   # [T, hd/2]
+    sin: torch.Tensor
+
+    @classmethod
+    def make(cls, cfg, n: int, device, dtype, start: int = 0):
+        pos = torch.arange(start, start + n, dtype=torch.float64)
+        ang = torch.outer(pos, rope_inv_freq(cfg))
+        return cls(ang.cos().to(device, dtype), ang.sin().to(device, dtype))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T, H, hd] with interleaved pairs (x0, x1), (x2, x3), ... rotated as complex numbers."""
+        xr = x.unflatten(-1, (-1, 2))
+        a, b = xr[..., 0], xr[..., 1]
+        c, s = self.cos[:, None, :], self.sin[:, None, :]
+        return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Every weight matmul goes through here (a single seam for experiments such as activation rounding)."""
+    return x @ w.T
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def block_forward(h: torch.Tensor, w: dict, cfg, rope: Rope, cache: dict | None = None) -> torch.Tensor:
+    """One transformer block on h [B, T, dim]. cache (generate) holds this block's past k/v and grows by T."""
+    B, T, _ = h.shape
+    x = rms_norm(h, w["attn_norm"], cfg.norm_eps)
+    q = rope.apply(linear(x, w["attn_q"]).view(B, T, cfg.n_heads, cfg.head_dim))
+    k = rope.apply(linear(x, w["attn_k"]).view(B, T, cfg.n_kv_heads, cfg.head_dim))
+    v = linear(x, w["attn_v"]).view(B, T, cfg.n_kv_heads, cfg.head_dim)
+    past = 0
+    if cache is not None:
+        if "k" in cache:
+            past = cache["k"].shape[1]
+            k, v = torch.cat((cache["k"], k), 1), torch.cat((cache["v"], v), 1)
+        cache["k"], cache["v"] = k, v
+    rep = cfg.n_heads // cfg.n_kv_heads  # grouped-query: kv head j serves query heads j*rep .. j*rep+rep-1
+    q, k, v = q.transpose(1, 2), k.repeat_interleave(rep, 2).transpose(1, 2), v.repeat_interleave(rep, 2).transpose(1, 2)
+    if past and T > 1:  # causal mask offset by the cached positions
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=h.device).tril(past)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+    h = h + linear(o.transpose(1, 2).reshape(B, T, cfg.q_dim), w["attn_output"])
+    x = rms_norm(h, w["ffn_norm"], cfg.norm_eps)
+    return h + linear(F.silu(linear(x, w["ffn_gate"])) * linear(x, w["ffn_up"]), w["ffn_down"])
+
+
+def logits(h: torch.Tensor, head: tuple, cfg) -> torch.Tensor:
+    norm, out = head
+    return linear(rms_norm(h, norm, cfg.norm_eps), out)
+
+
+class Model:
+    """The whole model in memory; forward() keeps a KV cache across calls (greedy decoding, sampling)."""
+
+    def __init__(self, ck, device=None, dtype=torch.float32):
+        self.w = Weights(ck, device, dtype)
+        self.cfg = ck.config
+        self.blocks = [self.w.block(i) for i in range(self.cfg.n_layers)]
+        self.head = self.w.head()
+        self.reset()
+
+    def reset(self):
+        self.caches = [{} for _ in self.blocks]
+        self.pos = 0
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] following what was fed before -> logits [B, T, vocab]."""
+        h = self.w.embed(tokens)
+        rope = Rope.make(self.cfg, tokens.shape[1], h.device, h.dtype, self.pos)
+        for w, cache in zip(self.blocks, self.caches):
+            h = block_forward(h, w, self.cfg, rope, cache)
+        self.pos += tokens.shape[1]
+        return logits(h, self.head, self.cfg)
+
+
+def _batches(n: int, size: int):
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def chunk_batch(cfg, ctx: int, budget_tokens: int = 8192) -> int:
+    """How many chunks go through a block at once: large enough for big matmuls, small enough that the attention
+    scores and FFN activations of one batch stay in a few hundred MB."""
+    return max(1, budget_tokens // max(ctx, 1))
+
+
+@torch.no_grad()
+def lockstep(models: list, tokens: torch.Tensor, on_block=None):
+    """Run every model over tokens [n_chunks, ctx], one block at a time: all chunks go through block i of every
+    model before any block i+1 is loaded, and each block's weights are dropped after use. Returns the final
+    hidden states (one [n_chunks, ctx, dim] per model) and, per block, the relative error of each model's hidden
+    state against the first model's."""
+    cfg = models[0].cfg
+    n, ctx = tokens.shape
+    rope = Rope.make(cfg, ctx, models[0].device, models[0].dtype)
+    hs = [m.embed(tokens) for m in models]
+    drift = []
+    for i in range(cfg.n_layers):
+        for j, m in enumerate(models):
+            w = m.block(i)
+            for s in _batches(n, chunk_batch(cfg, ctx)):
+                hs[j][s] = block_forward(hs[j][s], w, cfg, rope)
+            del w
+        drift.append([rel_err(h, hs[0]) for h in hs[1:]])
+        if on_block:
+            on_block(i)
+    return hs, drift
+
+
+def rel_err(h: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((h.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300)).item()
