@@ -86,6 +86,8 @@ NUM = (int, float)
 def _from_shapes(shapes: dict, name: str, axis: int, source: str) -> int:
     if name not in shapes:
         raise BadInput(f"{source}: checkpoint has no {name} tensor")
+    if len(shapes[name]) != 2:
+        raise BadInput(f"{source}: tensor {name} has shape {list(shapes[name])}, expected a matrix")
     return shapes[name][axis]
 
 
@@ -108,6 +110,8 @@ def from_meta_params(params: dict, shapes: dict, source="params.json") -> ModelC
     n_kv_claim = _get(params, "n_kv_heads", (int,), source, None)
     multiple_of = _get(params, "multiple_of", (int,), source, 256)
     mult = _get(params, "ffn_dim_multiplier", NUM, source, None)
+    if multiple_of <= 0 or mult is not None and not 0 < mult < 1e6:
+        raise BadInput(f"{source}: multiple_of={multiple_of}, ffn_dim_multiplier={mult} are not a valid FFN width")
     vocab_claim = _get(params, "vocab_size", (int,), source, -1) if params.get("vocab_size", -1) != -1 else None
     use_scaled = _get(params, "use_scaled_rope", (bool,), source, False)
     theta = float(_get(params, "rope_theta", NUM, source, 10000.0))  # absent in Llama 1/2: their code used 1e4
@@ -115,6 +119,9 @@ def from_meta_params(params: dict, shapes: dict, source="params.json") -> ModelC
     _agree(dim, _from_shapes(shapes, "token_embd.weight", 1, source), "dim", source, "token_embd.weight")
     kv_rows = _from_shapes(shapes, "blk.0.attn_k.weight", 0, source)
     n_kv = kv_rows // head_dim
+    if n_kv <= 0 or n_heads % n_kv:
+        raise BadInput(f"{source}: tensor blk.0.attn_k.weight has {kv_rows} rows, which is not a whole number of "
+                       f"key/value heads of {head_dim} dividing n_heads={n_heads}")
     _agree(n_kv_claim, n_kv, "n_kv_heads", source, "blk.0.attn_k.weight")
     vocab = _from_shapes(shapes, "token_embd.weight", 0, source)
     _agree(vocab_claim, vocab, "vocab_size", source, "token_embd.weight")
@@ -125,8 +132,9 @@ def from_meta_params(params: dict, shapes: dict, source="params.json") -> ModelC
                        f"but tensor blk.0.ffn_gate.weight has {ffn}: {source} is wrong or belongs to another model")
     scaling = None
     if use_scaled:
-        scaling = {"rope_type": LLAMA3_ROPE, "factor": float(params.get("rope_scaling_factor") or 8.0),
-                   "low_freq_factor": 1.0, "high_freq_factor": float(params.get("rope_high_freq_factor") or 4.0),
+        scaling = {"rope_type": LLAMA3_ROPE, "factor": float(_get(params, "rope_scaling_factor", NUM, source, 8.0)),
+                   "low_freq_factor": 1.0,
+                   "high_freq_factor": float(_get(params, "rope_high_freq_factor", NUM, source, 4.0)),
                    "original_max_position_embeddings": 8192}
     llama3 = vocab >= 128000
     return ModelConfig(
@@ -170,14 +178,16 @@ HF_OWNED = {"architectures", "model_type", "hidden_size", "intermediate_size", "
             "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
             "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters", "tie_word_embeddings", "hidden_act",
             "bos_token_id", "eos_token_id", "torch_dtype", "dtype", "transformers_version",
-            "attention_bias", "mlp_bias"}
+            "attention_bias", "mlp_bias", "quantization_config"}
 
 
 def from_hf_config(d: dict, shapes: dict, source="config.json") -> ModelConfig:
     if not isinstance(d, dict):
         raise BadInput(f"{source}: expected a JSON object")
-    mtype = d.get("model_type")
-    if mtype not in ("llama", None) and "LlamaForCausalLM" not in (d.get("architectures") or []):
+    mtype, archs = d.get("model_type"), d.get("architectures") or []
+    if not isinstance(archs, list):
+        raise BadInput(f"{source}: field 'architectures' has value {archs!r}, expected a list")
+    if mtype not in ("llama", None) and "LlamaForCausalLM" not in archs:
         raise Unsupported(f"{source}: model_type {mtype!r} is not a Llama-family model")
     if d.get("hidden_act", "silu") != "silu" or d.get("attention_bias") or d.get("mlp_bias"):
         raise Unsupported(f"{source}: hidden_act/attention_bias/mlp_bias differ from Llama's (silu, no biases)")
@@ -187,13 +197,17 @@ def from_hf_config(d: dict, shapes: dict, source="config.json") -> ModelConfig:
     if n_heads <= 0 or head_dim <= 0 or head_dim % 2:
         raise BadInput(f"{source}: num_attention_heads={n_heads} / head_dim={head_dim} are not a valid attention shape")
     n_kv = _get(d, "num_key_value_heads", (int,), source, n_heads)
+    if n_kv <= 0 or n_heads % n_kv:
+        raise BadInput(f"{source}: num_key_value_heads={n_kv} does not divide num_attention_heads={n_heads}")
     rope = d.get("rope_parameters") or {}
     if not isinstance(rope, dict):
         raise BadInput(f"{source}: field 'rope_parameters' is not an object")
-    theta = float(_get(d, "rope_theta", NUM, source, rope.get("rope_theta", 10000.0)))
+    theta = float(_get(d, "rope_theta", NUM, source, None) or _get(rope, "rope_theta", NUM, source + " rope_parameters",
+                                                                     10000.0))
     scaling = d.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"}
                                         if rope.get("rope_type", "default") != "default" else None)
-    if scaling is not None and (not isinstance(scaling, dict) or "factor" not in scaling):
+    if scaling is not None and (not isinstance(scaling, dict) or not isinstance(scaling.get("factor"), NUM)
+                                or any(isinstance(v, NUM) and not 0 <= v < float("inf") for v in scaling.values())):
         raise BadInput(f"{source}: field 'rope_scaling' is malformed: {scaling!r}")
     if scaling is not None and scaling.get("rope_type", scaling.get("type")) == "default":
         scaling = None
@@ -232,7 +246,9 @@ def to_hf_config(cfg: ModelConfig, dtype_name: str) -> dict:
 def check_shapes(cfg: ModelConfig, shapes: dict, names, source: str):
     """Every tensor the config implies is present with the shape the config implies; nothing else is."""
     from .convert import mapping
-    expected = mapping.canonical_order(cfg.n_layers, cfg.tied_embeddings)
+    # every layer has tensors, so a config claiming more layers than there are tensors (10**12 from a hostile
+    # file) fails at layer len(shapes) at the latest: never build more names than that
+    expected = mapping.canonical_order(min(cfg.n_layers, len(shapes) + 1), cfg.tied_embeddings)
     for name in expected:
         if name not in shapes:
             raise BadInput(f"{source}: the config implies tensor {names(name)} but the checkpoint has none "
@@ -279,8 +295,11 @@ def from_gguf_metadata(kv: dict, shapes: dict, source: str) -> ModelConfig:
             scaling["original_max_position_embeddings"] = key("rope.scaling.original_context_length")
     vocab = _from_shapes(shapes, "token_embd.weight", 0, source)
     _agree(kv.get("llama.vocab_size"), vocab, "llama.vocab_size", source, "token_embd.weight")
+    n_kv = key("attention.head_count_kv", default=n_heads)
+    if n_kv <= 0 or n_heads % n_kv:
+        raise BadInput(f"{source}: llama.attention.head_count_kv={n_kv} does not divide head_count={n_heads}")
     return ModelConfig(
-        dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=key("attention.head_count_kv", default=n_heads),
+        dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
         vocab_size=vocab, ffn_dim=key("feed_forward_length"), head_dim=head_dim,
         norm_eps=_f32(key("attention.layer_norm_rms_epsilon", NUM, 1e-5)),
         rope_theta=_f32(key("rope.freq_base", NUM, 10000.0)), rope_scaling=scaling,

@@ -9,7 +9,12 @@ FLOAT_TYPES = {
     "F16": torch.float16,
     "BF16": torch.bfloat16,
 }
-# What --type accepts for float targets (lowercase on the command line).
+# Integer tensors a checkpoint may also hold: compressed-tensors' packed int4/int8 weights and their shapes.
+INT_TYPES = {
+    "I32": torch.int32,
+    "I64": torch.int64,
+}
+STORAGE_TYPES = {**FLOAT_TYPES, **INT_TYPES}
 TYPE_BY_TORCH = {v: k for k, v in FLOAT_TYPES.items()}
 
 
@@ -20,9 +25,9 @@ def is_float(name: str) -> bool:
 
 def torch_dtype(name: str) -> torch.dtype:
     try:
-        return FLOAT_TYPES[name]
+        return STORAGE_TYPES[name]
     except KeyError:
-        raise Unsupported(f"tensor type {name} is not supported (expected one of {', '.join(FLOAT_TYPES)})") from None
+        raise Unsupported(f"tensor type {name} is not supported (expected one of {', '.join(STORAGE_TYPES)})") from None
 
 
 def type_name(dtype: torch.dtype) -> str:

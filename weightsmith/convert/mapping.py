@@ -93,6 +93,12 @@ def rename(canonical_name: str, fmt: str) -> str:
     return canonical(canonical_name).name(fmt)
 
 
+def is_block_matrix(canonical_name: str) -> bool:
+    """A transformer block's Linear weight: what int8/int4 quantize (embeddings, norms and the head stay float)."""
+    row = canonical(canonical_name).row
+    return "{i}" in row.canonical and len(row.shape) == 2
+
+
 def canonical_order(n_layers: int, tied: bool) -> list[str]:
     """Every canonical tensor a Llama with this many layers has, in writing order (embeddings, blocks, head)."""
     names = []

@@ -6,8 +6,9 @@ from ..checkpoint import Checkpoint
 from ..errors import BadInput, Unsupported
 from ..formats.common import Spec
 from ..output import AtomicOutput
-from ..quant import presets
+from ..quant import compressed, presets
 from ..quant import types as quant
+from . import mapping
 from .log import TensorLog
 
 # --type values: float types everywhere; for GGUF output, llama-quantize's types and mixtures (quant.presets)
@@ -23,6 +24,11 @@ def source_type(ck: Checkpoint) -> str:
 
 
 def target_type(type_: str | None, ref, writer_cls, default: str, config) -> str:
+    scheme = compressed.get(type_) if type_ else None
+    if scheme is not None:
+        if not writer_cls.packs_int:
+            raise Unsupported(f"--type {type_}: compressed-tensors int8/int4 weights are written to HF output only")
+        return scheme.name if mapping.is_block_matrix(ref.canonical) else default
     preset = presets.get(type_) if type_ else None
     if preset is not None:
         if not writer_cls.keeps_quantized:
@@ -32,7 +38,7 @@ def target_type(type_: str | None, ref, writer_cls, default: str, config) -> str
         try:
             t = FLOAT_TARGETS[type_.lower()]
         except KeyError:
-            names = [*FLOAT_TARGETS, *presets.PRESETS, *presets.ALIASES]
+            names = [*FLOAT_TARGETS, *presets.PRESETS, *presets.ALIASES, *(n.lower() for n in compressed.SCHEMES)]
             raise Unsupported(f"--type {type_}: not a supported type ({', '.join(names)})") from None
     elif writer_cls.keeps_quantized:
         t = ref.dtype if ref.raw is not None or dtypes.is_float(ref.dtype) else "F32"  # quantized bytes pass through
@@ -85,12 +91,12 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
             for name, ref, t in jobs:
                 note = ""
-                if t == ref.dtype and not dtypes.is_float(t):
+                if t == ref.dtype and not dtypes.is_float(t) and ref.raw is not None:
                     data = ref.raw()  # quantized bytes, untouched
                 elif dtypes.is_float(t):
                     data = dtypes.cast(ref.load(), t)
                 else:
-                    data, note = _quantize(ref, t, w.name(name))
+                    data, note = _quantize(ref, t, w.name(name), default)
                 w.write(name, data)
                 log.tensor(w.name(name), ref.shape, t, ref.nbytes, data.nbytes, note)
                 del data
@@ -101,11 +107,18 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
     return ck
 
 
-def _quantize(ref, t: str, name: str):
-    """The tensor as type t's bytes, and the log note: its relative RMS error (and where it was requantized from)."""
+def _quantize(ref, t: str, name: str, float_dtype: str):
+    """The tensor as type t (ggml block bytes, or compressed-tensors' packed int8/int4 with scales in float_dtype),
+    and the log note: its relative RMS error (and where it was requantized from)."""
     x = ref.load().float()
-    data = quant.quantize(x, t, name)
-    err = (quant.dequantize(data, t, x.shape) - x).norm() / x.norm().clamp(min=1e-30)
+    scheme = compressed.get(t)
+    if scheme:
+        data = compressed.quantize(x, scheme, float_dtype)
+        back = compressed.dequantize(data.packed, data.scale, scheme)
+    else:
+        data = quant.quantize(x, t, name)
+        back = quant.dequantize(data, t, x.shape)
+    err = (back - x).norm() / x.norm().clamp(min=1e-30)
     note = f" | rel rms err {err.item():.2%}"
     if not dtypes.is_float(ref.dtype):
         note += f" | requantized from {ref.dtype} through f32"

@@ -4,20 +4,24 @@ GGUF lists dims innermost-first; everything past this module sees PyTorch order.
 the canonical interleaved rope order (llama.cpp's converter permutes HF's), so no relayout happens here.
 Quantized tensors are dequantized by gguf-py for float targets.
 """
+import mmap
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import dtypes
-from ..checkpoint import Checkpoint, TensorRef, order
+from ..checkpoint import Checkpoint, TensorRef, numel, order
 from ..config import check_shapes, from_gguf_metadata
 from ..convert import layout, mapping, tokenizer
 from ..errors import BadInput, Unsupported
 from .common import release_mapped_range
 
 MAGIC = b"GGUF"
+# ggml types that never hold model weights: integers, f64, and the block types only matmuls use internally
+NOT_WEIGHTS = {"I8", "I16", "I32", "I64", "F64", "Q8_1", "Q8_K"}
 SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 
 
@@ -42,21 +46,138 @@ def split_files(path: Path) -> list[Path]:
 
 def _open(file: Path):
     import gguf
-    with open(file, "rb") as f:
-        if f.read(4) != MAGIC:
-            raise BadInput(f"{file}: not a GGUF file (bad magic)")
+    _scan(file)
     try:
         return gguf.GGUFReader(file, "r")
-    except (ValueError, IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError) as e:
-        raise BadInput(f"{file}: corrupt or truncated GGUF ({type(e).__name__}: {e})") from None
+    except (ValueError, IndexError, KeyError, OverflowError) as e:  # what _scan does not check (duplicate names)
+        raise BadInput(f"{file}: corrupt GGUF ({type(e).__name__}: {e})") from None
 
 
-def metadata(reader) -> dict:
+# ---- header validation ------------------------------------------------------------------------------------
+# gguf-py trusts the header: an array count of 2**60 past the end of the file makes it loop for ever, and a
+# tensor offset out of range surfaces as a numpy reshape error. _scan walks the same layout first, checking every
+# count, length and offset against the file's real size, so gguf-py only ever sees a well-formed header.
+
+VALUE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
+STRING, ARRAY, UINT32 = 8, 9, 4
+VERSIONS = (2, 3)
+MAX_DIMS = 4            # GGML_MAX_DIMS
+MIN_KV_BYTES = 8 + 4 + 1       # key length, value type, a one-byte value
+MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+
+
+class _Cursor:
+    def __init__(self, buf, file: Path):
+        self.buf, self.file, self.pos = buf, file, 0
+
+    def take(self, n: int, what: str) -> int:
+        if n > len(self.buf) - self.pos:
+            raise BadInput(f"{self.file}: {what} at byte {self.pos} needs {n} bytes, past the end of the file "
+                           f"({len(self.buf)} bytes): truncated or corrupt")
+        self.pos += n
+        return self.pos - n
+
+    def u32(self, what: str) -> int:
+        return struct.unpack_from("<I", self.buf, self.take(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return struct.unpack_from("<Q", self.buf, self.take(8, what))[0]
+
+    def text(self, what: str) -> str:
+        n = self.u64(f"{what} length")
+        start = self.take(n, what)
+        try:
+            return bytes(self.buf[start:start + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadInput(f"{self.file}: {what} at byte {start} is not UTF-8") from None
+
+    def skip_value(self, vtype: int, key: str):
+        if vtype in VALUE_SIZES:
+            self.take(VALUE_SIZES[vtype], f"value of {key}")
+        elif vtype == STRING:
+            self.take(self.u64(f"string length of {key}"), f"string value of {key}")
+        elif vtype == ARRAY:
+            itype, n = self.u32(f"array type of {key}"), self.u64(f"array length of {key}")
+            if itype in VALUE_SIZES:
+                self.take(n * VALUE_SIZES[itype], f"{n} array items of {key}")
+            elif itype == STRING:
+                self.take(0 if n * 8 <= len(self.buf) - self.pos else n * 8, f"{n} strings of {key}")
+                for _ in range(n):
+                    self.take(self.u64(f"a string length in {key}"), f"a string in {key}")
+            else:
+                raise BadInput(f"{self.file}: key {key} is an array of value type {itype}, which GGUF does not have "
+                               f"(nested arrays are not supported)")
+        else:
+            raise BadInput(f"{self.file}: key {key} has value type {vtype}, which GGUF does not have")
+
+
+def _scan(file: Path):
+    import gguf
+    size = file.stat().st_size
+    if size < 24:
+        raise BadInput(f"{file}: too short to be a GGUF file ({size} bytes)")
+    with open(file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        c = _Cursor(buf, file)
+        if buf[:4] != MAGIC:
+            raise BadInput(f"{file}: not a GGUF file (bad magic)")
+        c.take(4, "magic")
+        version = c.u32("version")
+        if version not in VERSIONS:
+            raise BadInput(f"{file}: GGUF version {version} (big-endian or unknown); weightsmith reads little-endian "
+                           f"versions {' and '.join(map(str, VERSIONS))}")
+        n_tensors, n_kv = c.u64("tensor count"), c.u64("key/value count")
+        if n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_BYTES > size - c.pos:
+            raise BadInput(f"{file}: header claims {n_tensors} tensors and {n_kv} key/values, more than a file of "
+                           f"{size} bytes can hold: truncated or corrupt")
+        alignment = 32  # GGUF_DEFAULT_ALIGNMENT
+        for i in range(n_kv):
+            key = c.text(f"name of key/value {i}")
+            vtype = c.u32(f"value type of {key}")
+            if key == "general.alignment":
+                alignment = struct.unpack_from("<I", buf, c.pos)[0] if c.pos + 4 <= size else 0
+                if vtype != UINT32 or alignment == 0 or alignment & (alignment - 1):
+                    raise BadInput(f"{file}: general.alignment must be a uint32 power of two")
+            c.skip_value(vtype, key)
+        infos = []
+        for i in range(n_tensors):
+            name = c.text(f"name of tensor {i}")
+            n_dims = c.u32(f"dimension count of tensor {name}")
+            if n_dims > MAX_DIMS:
+                raise BadInput(f"{file}: tensor {name} has {n_dims} dimensions; GGUF allows at most {MAX_DIMS}")
+            dims = [c.u64(f"dimensions of tensor {name}") for _ in range(n_dims)]
+            infos.append((name, dims, c.u32(f"type of tensor {name}"), c.u64(f"data offset of tensor {name}")))
+        data_start = c.pos + (-c.pos % alignment)
+        spans = []
+        for name, dims, ttype, offset in infos:
+            try:
+                qtype = gguf.GGMLQuantizationType(ttype)
+            except ValueError:
+                raise BadInput(f"{file}: tensor {name} has type {ttype}, which ggml does not have") from None
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            if dims and dims[0] % block:
+                raise BadInput(f"{file}: tensor {name}: rows of {dims[0]} values are not whole {qtype.name} blocks "
+                               f"of {block}")
+            nbytes = numel(dims) // block * type_size
+            start = data_start + offset
+            if offset % alignment or start + nbytes > size:
+                raise BadInput(f"{file}: tensor {name}: bytes [{start}, {start + nbytes}) are misaligned or lie "
+                               f"beyond the end of the file ({size} bytes): truncated or corrupt")
+            spans.append((start, start + nbytes, name))
+        spans.sort()
+        for (_, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+            if s1 < e0 and e1 > s1:
+                raise BadInput(f"{file}: tensors {n0} and {n1} overlap in the file")
+
+
+def metadata(reader, file="GGUF file") -> dict:
     kv = {}
     for name, field in reader.fields.items():
         if name.startswith("GGUF."):
             continue
-        v = field.contents()
+        try:
+            v = field.contents()
+        except UnicodeDecodeError:
+            raise BadInput(f"{file}: the value of {name} is not UTF-8 text") from None
         kv[name] = v.tolist() if isinstance(v, np.ndarray) else v
     return kv
 
@@ -64,11 +185,14 @@ def metadata(reader) -> dict:
 def read(path: Path) -> Checkpoint:
     files = split_files(path)
     readers = [_open(f) for f in files]
-    kv = metadata(readers[0])
+    kv = metadata(readers[0], files[0])
     refs: dict[str, TensorRef] = {}
     rope_freqs = None
     for file, reader in zip(files, readers):
         for t in reader.tensors:
+            if t.tensor_type.name in NOT_WEIGHTS:
+                raise BadInput(f"{file}: tensor {t.name} has type {t.tensor_type.name}, which is not a weight type "
+                               f"(float or ggml quantized)")
             name = mapping.lookup("canonical", t.name)
             if name is None:
                 if t.name == "rope_freqs.weight":
@@ -141,6 +265,7 @@ class Writer:
     stores_tied_output = False  # llama.cpp ties output to token_embd when output.weight is absent
     keeps_quantized = True      # quantized GGUF tensors pass through byte for byte
     vectors_f32 = True          # norms stay f32, as llama.cpp's converter writes them
+    packs_int = False           # int8/int4 (compressed-tensors) is an HF format
 
     def __init__(self, out: Path, ck: Checkpoint, specs, tokenizer_files: dict | None = None,
                  tokenizer_pre: str | None = None, split_max_size: int = 0, file_type: int | None = None, **_):

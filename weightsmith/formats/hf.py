@@ -7,6 +7,7 @@ from ..checkpoint import Checkpoint, TensorRef, numel, order
 from ..config import check_shapes, from_hf_config, to_hf_config
 from ..convert import layout, mapping, tokenizer
 from ..errors import BadInput
+from ..quant import compressed
 from .common import Spec, confined, copy_files, read_json, tensor_bytes, write_json
 from .safetensors_file import header_bytes, read_header, read_tensor
 
@@ -28,9 +29,9 @@ def _shard_files(path: Path) -> tuple[Path, list[Path]]:
     if (path / INDEX).is_file():
         index = read_json(path / INDEX, "the shard index")
         wm = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(wm, dict) or not wm:
-            raise BadInput(f"{path / INDEX}: no weight_map")
-        names = sorted(set(wm.values()), key=str)
+        if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+            raise BadInput(f"{path / INDEX}: no weight_map of tensor name -> file name")
+        names = sorted(set(wm.values()))
         files = [confined(path, n, INDEX) for n in names]
         for f in files:
             if not f.is_file():
@@ -44,21 +45,35 @@ def _shard_files(path: Path) -> tuple[Path, list[Path]]:
 
 def read(path: Path) -> Checkpoint:
     base, files = _shard_files(path)
+    raw_config = read_json(base / "config.json", "the model config")
+    qconfig = raw_config.get("quantization_config") if isinstance(raw_config, dict) else None
     refs: dict[str, TensorRef] = {}
+    packed: dict[str, dict] = {}  # compressed-tensors module -> {suffix: (file, entry)}
     for file in files:
         for e in read_header(file):
-            name = mapping.lookup("hf", e.name)
-            if name is None:
+            module, _, suffix = e.name.rpartition(".")
+            if suffix in compressed.SUFFIXES:
+                packed.setdefault(module, {})[suffix] = (file, e)
                 continue
-            if name.canonical in refs:
-                raise BadInput(f"{file}: tensor {e.name} appears twice in the checkpoint")
-            refs[name.canonical] = TensorRef(e.name, name.canonical, e.shape, e.dtype, e.end - e.start,
-                                             _Loader(file, e, name.row.rope))
+            _add(refs, e.name, file, TensorRef(e.name, "", e.shape, e.dtype, e.end - e.start,
+                                               _Loader(file, e)))
+    for module, parts in packed.items():
+        missing = [s for s in compressed.SUFFIXES if s not in parts]
+        if missing:
+            raise BadInput(f"{base}: {module} is stored packed but has no {missing[0]}")
+        scheme = compressed.scheme_of(qconfig, module, str(base / "config.json"))
+        (pf, pe), (_, se) = parts["weight_packed"], parts["weight_scale"]
+        if pe.dtype != "I32" or len(pe.shape) != 2 or not dtypes.is_float(se.dtype):
+            raise BadInput(f"{pf}: {module}: weight_packed must be I32 [out, in*bits/32] and weight_scale float")
+        shape = (pe.shape[0], pe.shape[1] * 32 // scheme.bits)
+        nbytes = sum(e.end - e.start for _, e in parts.values())
+        _add(refs, module + ".weight", pf, TensorRef(module + ".weight", "", shape, scheme.name, nbytes,
+                                                      _PackedLoader(parts, scheme, shape)))
     shapes = {k: r.shape for k, r in refs.items()}
-    cfg = from_hf_config(read_json(base / "config.json", "the model config"), shapes, str(base / "config.json"))
+    cfg = from_hf_config(raw_config, shapes, str(base / "config.json"))
     check_shapes(cfg, shapes, lambda c: mapping.rename(c, "hf"), str(base))
     for r in refs.values():
-        r.load.heads = layout.rope_heads(r.load.rope, cfg)
+        r.load.heads = layout.rope_heads(mapping.canonical(r.canonical).row.rope, cfg)
     return Checkpoint(
         format="hf", path=path, config=cfg, tensors=order(refs, cfg),
         tokenizer_files={n: base / n for n in TOKENIZER_FILES if (base / n).is_file()},
@@ -66,24 +81,52 @@ def read(path: Path) -> Checkpoint:
         info={"files": [f.name for f in files]})
 
 
+def _add(refs: dict, hf_name: str, file: Path, ref: TensorRef):
+    name = mapping.lookup("hf", hf_name)
+    if name is None:
+        return
+    if name.canonical in refs:
+        raise BadInput(f"{file}: tensor {hf_name} appears twice in the checkpoint")
+    ref.canonical = name.canonical
+    refs[name.canonical] = ref
+
+
 class _Loader:
     """Reads one tensor and undoes HF's rope half-split (heads is set once the config is known)."""
 
-    def __init__(self, file, entry, rope):
-        self.file, self.entry, self.rope, self.heads = file, entry, rope, None
+    def __init__(self, file, entry):
+        self.file, self.entry, self.heads = file, entry, None
 
     def __call__(self):
-        t = read_tensor(self.file, self.entry)
+        return self.unrope(read_tensor(self.file, self.entry))
+
+    def unrope(self, t):
         return layout.rope_from_hf(t, self.heads) if self.heads else t
+
+
+class _PackedLoader(_Loader):
+    """A compressed-tensors weight, dequantized to f32 as compressed-tensors' own decompression does."""
+
+    def __init__(self, parts, scheme, shape):
+        super().__init__(*parts["weight_packed"])
+        self.parts, self.scheme, self.shape = parts, scheme, shape
+
+    def __call__(self):
+        t = {s: read_tensor(f, e) for s, (f, e) in self.parts.items()}
+        if tuple(t["weight_shape"].tolist()) != self.shape or t["weight_scale"].shape[0] != self.shape[0] \
+                or self.shape[1] % max(t["weight_scale"].shape[1], 1):
+            raise BadInput(f"{self.file}: {self.entry.name}: weight_shape {t['weight_shape'].tolist()} / "
+                           f"weight_scale {list(t['weight_scale'].shape)} disagree with the packed {list(self.shape)}")
+        return self.unrope(compressed.dequantize(t["weight_packed"], t["weight_scale"], self.scheme))
 
 
 # ---- writing ----------------------------------------------------------------------------------------------
 
-def plan_shards(specs: list[Spec], shard_size: int) -> list[list[Spec]]:
+def plan_shards(specs: list[Spec], shard_size: int, nbytes) -> list[list[Spec]]:
     """Greedy split into shards of at most shard_size bytes (a larger tensor gets a shard of its own)."""
     shards, cur, size = [], [], 0
     for s in specs:
-        n = numel(s.shape) * dtypes.itemsize(s.dtype)
+        n = nbytes(s)
         if cur and size + n > shard_size:
             shards.append(cur)
             cur, size = [], 0
@@ -95,18 +138,24 @@ def plan_shards(specs: list[Spec], shard_size: int) -> list[list[Spec]]:
 
 
 class Writer:
-    """Streams safetensors shards: each file's header is known up front, tensors are appended as they come."""
+    """Streams safetensors shards: each file's header is known up front, tensors are appended as they come.
+    A weight of type INT8/INT4 is stored as compressed-tensors' three tensors, kept in one shard."""
     format = "hf"
     is_dir = True
     keeps_quantized = False  # float formats: quantized sources are dequantized
     vectors_f32 = False
+    packs_int = True  # --type int8/int4: compressed-tensors pack-quantized weights
     stores_tied_output = False  # transformers ties lm_head to the embeddings; no copy is written
 
     def __init__(self, out: Path, ck: Checkpoint, specs: list[Spec], tokenizer_files: dict | None = None,
                  shard_size: int = 5_000_000_000, **_):
         self.out, self.ck, self.config = out, ck, ck.config
         self.tokenizer_files = ck.tokenizer_files if tokenizer_files is None else tokenizer_files
-        self.shards = plan_shards(specs, shard_size)
+        floats = [s.dtype for s in specs if dtypes.is_float(s.dtype)]
+        self.dtype = floats[0] if floats else "F32"  # the model's float dtype; int8/int4 scales are stored in it
+        self.scheme = next((compressed.get(s.dtype) for s in specs if compressed.get(s.dtype)), None)
+        self.shards = plan_shards(specs, shard_size, lambda s: sum(numel(sh) * dtypes.itemsize(dt)
+                                                                   for _, dt, sh in self._stored(s)))
         n = len(self.shards)
         self.file_names = ["model.safetensors"] if n == 1 else \
             [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
@@ -115,15 +164,23 @@ class Writer:
         self.fh = None
         self.weight_map = {}
         self.total = 0
-        self.dtype = specs[0].dtype if specs else "F32"
+        self.quantized: dict[int | None, set[str]] = {}  # int8/int4 group size -> projections
 
     def name(self, canonical: str) -> str:
         return mapping.rename(canonical, "hf")
 
+    def _stored(self, s: Spec) -> list[tuple[str, str, tuple[int, ...]]]:
+        """(name, dtype, shape) of what one spec is stored as."""
+        scheme = compressed.get(s.dtype)
+        if scheme is None:
+            return [(self.name(s.canonical), s.dtype, s.shape)]
+        module = self.name(s.canonical).removesuffix(".weight")
+        return [(f"{module}.{suffix}", dt, sh) for suffix, dt, sh in compressed.stored(scheme, s.shape, self.dtype)]
+
     def _open(self, fi: int):
         if self.fh:
             self.fh.close()
-        tensors = [(self.name(s.canonical), s.dtype, s.shape) for s in self.shards[fi]]
+        tensors = [t for s in self.shards[fi] for t in self._stored(s)]
         for name, dtype, shape in tensors:
             self.weight_map[name] = self.file_names[fi]
             self.total += numel(shape) * dtypes.itemsize(dtype)
@@ -136,16 +193,26 @@ class Writer:
         if self.pos == 0 or self.queue[self.pos - 1][0] != fi:
             self._open(fi)
         heads = layout.rope_heads(mapping.canonical(canonical).row.rope, self.config)
-        if heads:
-            t = layout.rope_to_hf(t, heads)
-        self.fh.write(tensor_bytes(t))
+        if isinstance(t, compressed.Packed):  # rows permute with their scales; the shape stays [out, in]
+            module = self.name(canonical).removesuffix(".weight")
+            kind = module.split(".", 3)[-1]  # model.layers.N.self_attn.q_proj -> self_attn.q_proj
+            self.quantized.setdefault(compressed.group_size(self.scheme, t.shape[1]), set()).add(kind)
+            parts = [t.packed, t.scale, t.parts()["weight_shape"]]
+            parts[:2] = [layout.rope_to_hf(p, heads) if heads else p for p in parts[:2]]
+        else:
+            parts = [layout.rope_to_hf(t, heads) if heads else t]
+        for p in parts:
+            self.fh.write(tensor_bytes(p))
         self.pos += 1
 
     def finish(self):
         self.close()
         if len(self.file_names) > 1:
             write_json(self.out / INDEX, {"metadata": {"total_size": self.total}, "weight_map": self.weight_map})
-        write_json(self.out / "config.json", to_hf_config(self.config, self.dtype))
+        config = to_hf_config(self.config, self.dtype)
+        if self.scheme:
+            config["quantization_config"] = compressed.quantization_config(self.scheme, self.quantized, ["lm_head"])
+        write_json(self.out / "config.json", config)
         if {"tokenizer.json", "tokenizer_config.json"} & set(self.tokenizer_files):  # HF's own files: as they are
             copy_files({n: p for n, p in self.tokenizer_files.items() if n in TOKENIZER_FILES}, self.out)
         else:

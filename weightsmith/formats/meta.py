@@ -7,6 +7,8 @@ import hashlib
 import os
 import pickle
 import re
+import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -22,6 +24,11 @@ from .common import Spec, confined, copy_files, pwrite_all, read_json, release_m
 
 SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth$")
 TOKENIZER_FILES = ("tokenizer.model",)
+# What torch.load raises on damaged bytes: its zip reader, the weights-only unpickler and tensor rebuilding fail in
+# all of these ways (found by bench/fuzz_readers.py). Only UnpicklingError naming a refused global is unsafe.
+PTH_ERRORS = (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, IndexError,
+              KeyError, TypeError, AttributeError, struct.error, OverflowError, MemoryError, RecursionError)
+UNSAFE_RE = re.compile(r"GLOBAL|unsupported class|reduce for unrecognized", re.IGNORECASE)
 
 
 def detect(path: Path) -> bool:
@@ -47,13 +54,17 @@ def _shards(path: Path) -> tuple[Path, list[Path]]:
 def load_pth(file: Path) -> dict:
     """A state dict from a .pth, never executing the pickle."""
     try:
-        sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(f"{file}: refused as unsafe: its pickle does more than rebuild tensors ({first})") from None
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(f"{file}: not a readable PyTorch checkpoint, truncated or corrupt ({first})") from None
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols on stderr: one error line only
+            warnings.simplefilter("ignore")
+            sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except PTH_ERRORS as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        refused = [ln for ln in lines if UNSAFE_RE.search(ln)]
+        if isinstance(e, pickle.UnpicklingError) and refused:
+            raise BadInput(f"{file}: refused as unsafe: its pickle does more than rebuild tensors ({refused[0]})") \
+                from None
+        raise BadInput(f"{file}: not a readable PyTorch checkpoint, truncated or corrupt "
+                       f"({type(e).__name__}: {lines[-1][:200]})") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise BadInput(f"{file}: not a state dict of named tensors")
     return sd
@@ -170,6 +181,7 @@ class Writer:
     is_dir = True
     keeps_quantized = False  # float formats: quantized sources are dequantized
     vectors_f32 = False
+    packs_int = False
     stores_tied_output = True  # Meta's reference model always has an output layer
 
     def __init__(self, out: Path, ck: Checkpoint, specs: list[Spec], tokenizer_files: dict | None = None, mp: int = 1,

@@ -39,7 +39,7 @@ def read_header(path: Path) -> list[Entry]:
             raise BadInput(f"{path}: header length {n} exceeds the file ({size} bytes): truncated or not safetensors")
         try:
             header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5000-digit number, [[[[...]]]] nested too deep
             raise BadInput(f"{path}: header is not valid JSON: not a safetensors file") from None
     if not isinstance(header, dict):
         raise BadInput(f"{path}: header is not a JSON object")
@@ -48,11 +48,12 @@ def read_header(path: Path) -> list[Entry]:
         if name == "__metadata__":
             continue
         if not isinstance(e, dict) or not isinstance(e.get("shape"), list) or not isinstance(e.get("data_offsets"), list) \
-                or len(e["data_offsets"]) != 2 or not all(isinstance(x, int) and x >= 0 for x in e["shape"] + e["data_offsets"]):
+                or len(e["data_offsets"]) != 2 or not all(_count(x) for x in e["shape"] + e["data_offsets"]):
             raise BadInput(f"{path}: tensor {name}: malformed header entry")
         dtype = e.get("dtype")
-        if dtype not in dtypes.FLOAT_TYPES:
-            raise BadInput(f"{path}: tensor {name} has dtype {dtype!r}; weightsmith reads {', '.join(dtypes.FLOAT_TYPES)}")
+        if not isinstance(dtype, str) or dtype not in dtypes.STORAGE_TYPES:
+            raise BadInput(f"{path}: tensor {name} has dtype {dtype!r}; weightsmith reads "
+                           f"{', '.join(dtypes.STORAGE_TYPES)}")
         b, end = e["data_offsets"]
         if end - b != numel(e["shape"]) * dtypes.itemsize(dtype) or base + end > size:
             raise BadInput(f"{path}: tensor {name}: byte range [{b}, {end}) does not match its shape {e['shape']} "
@@ -63,6 +64,10 @@ def read_header(path: Path) -> list[Entry]:
         if s1 < e0:
             raise BadInput(f"{path}: tensors {n0} and {n1} overlap in the file")
     return entries
+
+
+def _count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0  # JSON true is a Python int
 
 
 def read_tensor(path: Path, e: Entry) -> torch.Tensor:
