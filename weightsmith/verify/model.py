@@ -40,9 +40,9 @@ class Weights:
     def block(self, i: int) -> dict:
         return {k: self.get(f"blk.{i}.{k}.weight") for k in BLOCK}
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         # rows picked from the stored tensor before the cast: a 128K-row embedding is never copied whole
-        emb = self.refs["token_embd.weight"].load()
+        emb = self.refs["token_embd.weight"].load() if emb is None else emb
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= emb.shape[0]):
             raise BadInput(f"token id out of range for a vocabulary of {emb.shape[0]}")
         return emb[tokens.cpu()].to(device=self.device, dtype=self.dtype)
@@ -135,6 +135,7 @@ class Model:
         self.cfg = ck.config
         self.blocks = [self.w.block(i) for i in range(self.cfg.n_layers)]
         self.head = self.w.head()
+        self.emb = self.w.refs["token_embd.weight"].load()  # as stored (dequantized): read once, not per step
         self.reset()
 
     def reset(self):
@@ -144,7 +145,7 @@ class Model:
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, T] following what was fed before -> logits [B, T, vocab]."""
-        h = self.w.embed(tokens)
+        h = self.w.embed(tokens, self.emb)
         rope = Rope.make(self.cfg, tokens.shape[1], h.device, h.dtype, self.pos)
         for w, cache in zip(self.blocks, self.caches):
             h = block_forward(h, w, self.cfg, rope, cache)
