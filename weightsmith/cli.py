@@ -9,6 +9,7 @@ import click
 from . import __version__
 from .errors import WeightsmithError
 
+EXIT_DRIFT = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -74,6 +75,37 @@ def quantize(src, dst, type_, force, quiet):
     run(src, dst, to=open_checkpoint(src).format, type_=type_, quiet=quiet, force=force)
 
 
+@main.command()
+@click.argument("reference", type=click.Path())
+@click.argument("candidate", type=click.Path())
+@click.option("--text", "text_file", type=click.Path(), help="UTF-8 text to score (default: a sequence sampled "
+              "from REFERENCE with a fixed seed, the whole model in memory).")
+@click.option("--ctx", default=512, show_default=True, type=int, help="Tokens per chunk; the second half is scored.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--max-kld", type=float, help="Exit 1 when the mean KL divergence is above this.")
+@click.option("--device", help="torch device for the forward passes (default cpu; e.g. cuda).")
+def verify(reference, candidate, text_file, ctx, as_json, max_kld, device):
+    """Drift of CANDIDATE against REFERENCE: KL divergence, top-1 agreement, perplexities, per-layer error."""
+    from .verify import metrics, verify as run
+    r = run(reference, candidate, text_file=text_file, ctx=ctx, device=device)
+    click.echo(json.dumps(r, indent=2) if as_json else metrics.render(r))
+    if max_kld is not None and r["mean_kld"] > max_kld:
+        click.echo(f"drift: mean KLD {r['mean_kld']:.6g} is above --max-kld {max_kld:g}", err=True)
+        return EXIT_DRIFT
+    return 0
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--max-tokens", default=32, show_default=True, type=click.IntRange(min=1), help="Tokens to generate.")
+@click.option("--device", help="torch device (default cpu; e.g. cuda).")
+def generate(ckpt, prompt, max_tokens, device):
+    """Greedy continuation of PROMPT by CKPT (reference forward pass, the checkpoint's own tokenizer)."""
+    from .verify import generate as run
+    click.echo(run(ckpt, prompt, max_tokens=max_tokens, device=device))
+
+
 class Interrupted(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so every `with` block cleans up its partial output."""
 
@@ -85,8 +117,8 @@ def _on_sigterm(signum, frame):
 def run(argv=None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:  # everything heavy (torch, formats) is imported inside, so an early Ctrl-C is handled here too
-        main.main(args=argv, prog_name="weightsmith", standalone_mode=False)
-        return 0
+        rc = main.main(args=argv, prog_name="weightsmith", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0  # a command may return an exit code (verify: EXIT_DRIFT)
     except WeightsmithError as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     except click.exceptions.NoArgsIsHelpError as e:
