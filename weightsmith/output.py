@@ -1,9 +1,16 @@
 """Atomic output: everything is written under a temporary name beside the destination and renamed at the end."""
+import contextlib
+import errno
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
-from .errors import BadInput
+from .errors import BadInput, WeightsmithError
+
+# OSErrors that mean the destination cannot take the output (reported as such, naming the destination)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class AtomicOutput:
@@ -24,23 +31,68 @@ class AtomicOutput:
             raise BadInput(f"{self.dst} already exists (use --force to replace it)")
         if not self.dst.parent.is_dir():
             raise BadInput(f"output directory {self.dst.parent} does not exist")
-        _remove(self.tmp)
-        self.tmp.mkdir()
+        with _signals_deferred() as pending:  # never leave the staging directory behind a Ctrl-C
+            try:
+                _remove(self.tmp)
+                self.tmp.mkdir()
+            except OSError as e:
+                raise WeightsmithError(f"cannot write {self.dst}: {e.strerror or e}") from None
+            if pending:
+                _remove(self.tmp)
         return self.tmp if self.is_dir else self.tmp / self.dst.name
 
     def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                moves = [(self.tmp, self.dst)] if self.is_dir else \
-                    [(f, self.dst.parent / f.name) for f in sorted(self.tmp.iterdir())]
-                taken = [str(d) for _, d in moves if d.exists()]
-                if taken and not self.force:
-                    raise BadInput(f"{taken[0]} already exists (use --force to replace it)")
-                for src, dst in moves:
-                    _replace(src, dst)
-        finally:
-            _remove(self.tmp)
+        # A signal while the finished output is moved into place (or the partial one removed) waits until that is
+        # done: a half-moved split or a replaced output without its replacement would be worse than a late stop.
+        # On success it is dropped (the output is complete); on failure it is delivered after the cleanup.
+        reason = self._write_failure(exc)  # before the cleanup frees the space
+        with _signals_deferred(deliver=exc_type is not None):
+            try:
+                if exc_type is None:
+                    moves = [(self.tmp, self.dst)] if self.is_dir else \
+                        [(f, self.dst.parent / f.name) for f in sorted(self.tmp.iterdir())]
+                    taken = [str(d) for _, d in moves if d.exists()]
+                    if taken and not self.force:
+                        raise BadInput(f"{taken[0]} already exists (use --force to replace it)")
+                    for src, dst in moves:
+                        _replace(src, dst)
+            finally:
+                _remove(self.tmp)
+        if reason:
+            raise WeightsmithError(f"cannot write {self.dst}: {reason}; nothing was written") from None
         return False
+
+    def _write_failure(self, exc) -> str | None:
+        """Why writing failed, when it is the destination's fault (disk full, quota, read-only, permissions).
+        numpy's tofile and torch's zip writer report a full disk without an errno: then the free space tells."""
+        if not isinstance(exc, OSError):
+            return None
+        if exc.errno in WRITE_ERRNOS:
+            return exc.strerror or str(exc)
+        try:
+            st = os.statvfs(self.tmp)
+        except OSError:
+            return None
+        return "No space left on device" if exc.errno is None and st.f_bavail * st.f_frsize < 2**20 else None
+
+
+@contextlib.contextmanager
+def _signals_deferred(deliver: bool = True):
+    """SIGINT and SIGTERM are held until the block ends, then delivered (or dropped with deliver=False).
+    Yields the list of signals held so far. Outside the main thread (where Python runs no handlers) a no-op."""
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in held}
+    try:
+        yield pending
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if pending and deliver:
+            signal.raise_signal(pending[0])
 
 
 def _replace(src: Path, dst: Path):

@@ -89,10 +89,46 @@ class Vocab:
 
 # ---- GGUF --------------------------------------------------------------------------------------------------
 
+# The tokenizer keys of a GGUF file and the types their values must have (a list type: of what items).
+GGUF_KEY_TYPES = {
+    "tokenizer.ggml.model": str, "tokenizer.ggml.pre": str, "tokenizer.chat_template": str,
+    "tokenizer.ggml.tokens": (list, str), "tokenizer.ggml.merges": (list, str), "tokenizer.ggml.token_type": (list, int),
+    "tokenizer.ggml.scores": (list, (int, float)),
+    "tokenizer.ggml.bos_token_id": int, "tokenizer.ggml.eos_token_id": int, "tokenizer.ggml.unknown_token_id": int,
+    "tokenizer.ggml.padding_token_id": int,
+    "tokenizer.ggml.add_bos_token": bool, "tokenizer.ggml.add_eos_token": bool, "tokenizer.ggml.add_space_prefix": bool,
+}
+
+
+def _check_gguf_types(kv: dict, source: str):
+    for key, kind in GGUF_KEY_TYPES.items():
+        v = kv.get(key)
+        kind, item = kind if isinstance(kind, tuple) else (kind, None)
+        if v is None:
+            continue
+        ok = isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+        if ok and item is not None:
+            ok = all(isinstance(x, item) and not isinstance(x, bool) for x in v)
+        if not ok:
+            raise BadInput(f"{source}: {key} holds a {type(v).__name__}, not the {kind.__name__}"
+                           f"{' of ' + getattr(item, '__name__', 'numbers') if item else ''} GGUF specifies")
+    n = len(kv.get("tokenizer.ggml.tokens") or [])
+    for key in ("tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+        if key in kv and len(kv[key]) != n:
+            raise BadInput(f"{source}: {key} has {len(kv[key])} entries for {n} tokens")
+    for key in ("bos", "eos", "unknown", "padding"):
+        i = kv.get(f"tokenizer.ggml.{key}_token_id")
+        if i is not None and n and not 0 <= i < n:
+            raise BadInput(f"{source}: tokenizer.ggml.{key}_token_id {i} is not one of the {n} tokens")
+    if any(" " not in m for m in kv.get("tokenizer.ggml.merges") or []):
+        raise BadInput(f"{source}: tokenizer.ggml.merges has an entry that is not two tokens joined by a space")
+
+
 def from_gguf(kv: dict, source: str) -> Vocab | None:
     model = kv.get("tokenizer.ggml.model")
     if model is None:
         return None
+    _check_gguf_types(kv, source)
     if model not in ("gpt2", "llama"):
         raise Unsupported(f"{source}: tokenizer.ggml.model {model!r}: weightsmith carries 'gpt2' (byte-level BPE) and "
                           f"'llama' (SentencePiece) vocabularies")
@@ -249,7 +285,10 @@ def to_hf(vocab: Vocab, out: Path, max_len: int):
             raise Unsupported(f"pre-tokenizer {vocab.pre!r} has no HF equivalent weightsmith knows "
                               f"({', '.join(PRE_TOKENIZERS)})")
         merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
-        tk = Tokenizer(models.BPE(vocab=base, merges=merges, ignore_merges=vocab.pre == "llama-bpe"))
+        try:
+            tk = Tokenizer(models.BPE(vocab=base, merges=merges, ignore_merges=vocab.pre == "llama-bpe"))
+        except Exception as e:  # tokenizers raises plain Exception: a merge of tokens the vocabulary lacks
+            raise BadInput(f"the vocabulary's merges do not fit its tokens ({e})") from None
         tk.pre_tokenizer = Tokenizer.from_str(json.dumps(_skeleton(PRE_TOKENIZERS[vocab.pre]))).pre_tokenizer
         tk.decoder = decoders.ByteLevel()
     # added tokens keep their ids: tokenizers reuses the model's id for a token it already has

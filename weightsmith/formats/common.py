@@ -24,8 +24,8 @@ def read_json(path: Path, what: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, a 5000-digit number, nesting too deep
+        raise BadInput(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def write_json(path: Path, obj):
@@ -53,10 +53,10 @@ def copy_files(files: dict[str, Path], out: Path):
 
 def confined(base: Path, name: str, what: str) -> Path:
     """base/name, refusing names that would leave base (a hostile index pointing at ../../etc/passwd)."""
-    p = (base / name).resolve()
-    if not isinstance(name, str) or os.path.isabs(name) or p.parent != base.resolve():
+    if not isinstance(name, str) or "\0" in name or os.path.isabs(name) \
+            or (base / name).resolve().parent != base.resolve():
         raise BadInput(f"{what}: file name {name!r} points outside {base}")
-    return p
+    return (base / name).resolve()
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -207,8 +207,11 @@ class Writer:
                         shape[ax] //= mp
                     skeleton[self.name(s.canonical)] = torch.empty(shape, dtype=dtypes.torch_dtype(s.dtype))
             file = out / f"consolidated.{rank:02d}.pth"
-            with torch.serialization.skip_data(materialize_fake_tensors=True):
-                torch.save(skeleton, file)
+            try:
+                with torch.serialization.skip_data(materialize_fake_tensors=True):
+                    torch.save(skeleton, file)
+            except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as RuntimeError
+                raise OSError(f"writing {file.name} failed ({str(e).strip().splitlines()[0]})") from None
             self.offsets.append(dict(zip(skeleton, _record_offsets(file, len(skeleton)))))
             self.fds.append(os.open(file, os.O_RDWR))
 
