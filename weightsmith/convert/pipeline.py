@@ -114,12 +114,10 @@ def _quantize(ref, t: str, name: str, float_dtype: str):
     scheme = compressed.get(t)
     if scheme:
         data = compressed.quantize(x, scheme, float_dtype)
-        back = compressed.dequantize(data.packed, data.scale, scheme)
+        err = ((compressed.dequantize(data.packed, data.scale, scheme) - x).norm() / x.norm().clamp(min=1e-30)).item()
     else:
-        data = quant.quantize(x, t, name)
-        back = quant.dequantize(data, t, x.shape)
-    err = (back - x).norm() / x.norm().clamp(min=1e-30)
-    note = f" | rel rms err {err.item():.2%}"
+        data, err = quant.quantize_with_error(x, t, name)
+    note = f" | rel rms err {err:.2%}"
     if not dtypes.is_float(ref.dtype):
         note += f" | requantized from {ref.dtype} through f32"
     return data, note

@@ -9,7 +9,7 @@ Groups are held transposed, [positions, groups], so each step of a sequential su
 """
 import torch
 
-from .rounding import fp16_bytes
+from .rounding import f16, fp16_bytes
 
 GROUP_MAX_EPS = 1e-15
 
@@ -20,11 +20,6 @@ def _seqsum(t: torch.Tensor) -> torch.Tensor:
     for k in range(1, t.shape[0]):
         acc += t[k]
     return acc
-
-
-def _f16(x: torch.Tensor) -> torch.Tensor:
-    """GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(x))."""
-    return x.to(torch.float16).to(torch.float32)
 
 
 def _where_nonzero(d: torch.Tensor) -> torch.Tensor:
@@ -81,10 +76,12 @@ def q6_k(x: torch.Tensor) -> torch.Tensor:
     iscale = torch.tensor(-128.0, dtype=torch.float32) / torch.where(dead, torch.ones_like(max_scale), max_scale)
     d = 1 / iscale
     sc = torch.round(iscale[:, None] * scales).clamp(max=127).to(torch.int32)
-    dq = _f16(d)[:, None] * sc.to(torch.float32)                 # [nb, 16]
+    dq = f16(d)[:, None] * sc.to(torch.float32)                 # [nb, 16]
     xs = x.reshape(nb, 16, 16)
     lnew = torch.round(xs / _where_nonzero(dq)[..., None]).clamp(-32, 31).to(torch.int32) + 32
-    L = torch.where((dq != 0)[..., None], lnew, L).reshape(nb, 256)
+    L = torch.where((dq != 0)[..., None], lnew, L)
+    deq = (dq[..., None] * (L - 32)).reshape(nb, 256)
+    L = L.reshape(nb, 256)
     ql, qh = [], []
     for half in (0, 128):
         a, b, c, e = (L[:, half + o: half + o + 32] for o in (0, 32, 64, 96))
@@ -92,7 +89,7 @@ def q6_k(x: torch.Tensor) -> torch.Tensor:
         qh.append((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6))
     out = torch.cat([torch.cat(ql, 1).to(torch.uint8), torch.cat(qh, 1).to(torch.uint8),
                      sc.to(torch.int8).view(torch.uint8), fp16_bytes(d)], dim=1)
-    return torch.where(dead[:, None], torch.zeros_like(out), out)
+    return torch.where(dead[:, None], torch.zeros_like(out), out), torch.where(dead[:, None], 0.0, deq)
 
 
 # ---- Q4_K / Q5_K: 8 groups of 32, unsigned with a min, make_qkx2_quants ------------------------------------
@@ -116,9 +113,8 @@ def _make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, 
         # ggml updates `min` when a candidate wins, and later candidates start from it
         iscale = (f32(rmin) + f32(rdelta) * step + nmax) / torch.where(flat, span, hi - mn)
         la = torch.round(iscale * (x - mn)).clamp(0, nmax)
-        sum_l = _seqsum(w * la)
-        sum_l2 = _seqsum(w * la * la)
-        sum_xl = _seqsum(w * la * x)
+        wl = w * la
+        sum_l, sum_l2, sum_xl = _seqsum(torch.stack([wl, wl * la, wl * x], 1))  # three sums, one pass
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = D > 0
         Ds = torch.where(ok, D, torch.ones_like(D))
@@ -164,28 +160,29 @@ def _k4(x: torch.Tensor, nmax: int, rmin: float, nstep: int):
     packed = torch.cat([ls[:, :4] | ((ls[:, 4:] >> 4) << 6), lm[:, :4] | ((lm[:, 4:] >> 4) << 6),
                         (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)], dim=1).to(torch.uint8)
     d, dmin = max_scale / c63, max_min / c63
-    dq = _f16(d)[:, None] * ls.to(torch.float32)
-    mq = _f16(dmin)[:, None] * lm.to(torch.float32)
+    dq = f16(d)[:, None] * ls.to(torch.float32)
+    mq = f16(dmin)[:, None] * lm.to(torch.float32)
     xs = x.reshape(nb, 8, 32)
     lnew = torch.round((xs + mq[..., None]) / _where_nonzero(dq)[..., None]).clamp(0, nmax).to(torch.int32)
-    L = torch.where((dq != 0)[..., None], lnew, L).reshape(nb, 256)
-    return torch.cat([fp16_bytes(d), fp16_bytes(dmin), packed], dim=1), L
+    L = torch.where((dq != 0)[..., None], lnew, L)
+    deq = (dq[..., None] * L - mq[..., None]).reshape(nb, 256)
+    return torch.cat([fp16_bytes(d), fp16_bytes(dmin), packed], dim=1), L.reshape(nb, 256), deq
 
 
 def q4_k(x: torch.Tensor) -> torch.Tensor:
     """float32 [n_blocks, 256] -> uint8 [n_blocks, 144]: d dmin scales[12] qs[128]."""
-    head, L = _k4(x, 15, -1.0, 20)
+    head, L, deq = _k4(x, 15, -1.0, 20)
     qs = [L[:, j:j + 32] | (L[:, j + 32:j + 64] << 4) for j in (0, 64, 128, 192)]
-    return torch.cat([head, torch.cat(qs, 1).to(torch.uint8)], dim=1)
+    return torch.cat([head, torch.cat(qs, 1).to(torch.uint8)], dim=1), deq
 
 
 def q5_k(x: torch.Tensor) -> torch.Tensor:
     """float32 [n_blocks, 256] -> uint8 [n_blocks, 176]: d dmin scales[12] qh[32] qs[128]."""
-    head, L = _k4(x, 31, -0.5, 15)
+    head, L, deq = _k4(x, 31, -0.5, 15)
     qh = torch.zeros(x.shape[0], 32, dtype=torch.int32)
     qs = []
     for k, n in enumerate((0, 64, 128, 192)):
         l1, l2 = L[:, n:n + 32], L[:, n + 32:n + 64]
         qh |= ((l1 > 15).to(torch.int32) << (2 * k)) | ((l2 > 15).to(torch.int32) << (2 * k + 1))
         qs.append((l1 & 0xF) | ((l2 & 0xF) << 4))
-    return torch.cat([head, qh.to(torch.uint8), torch.cat(qs, 1).to(torch.uint8)], dim=1)
+    return torch.cat([head, qh.to(torch.uint8), torch.cat(qs, 1).to(torch.uint8)], dim=1), deq

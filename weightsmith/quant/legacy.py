@@ -1,11 +1,12 @@
 """ggml's legacy block types, 32 weights a block, vectorized over all blocks at once. Each function mirrors
 quantize_row_*_ref in ggml-quants.c step for step (float32 throughout), so the bytes are libggml's.
 
-Input: float32 [n_blocks, 32]. Output: uint8 [n_blocks, type_size].
+Input: float32 [n_blocks, 32]. Output: uint8 [n_blocks, type_size], and the values those bytes dequantize to
+(float32 [n_blocks, 32], as ggml's dequantize_row_* computes them), for the log's error figure.
 """
 import torch
 
-from .rounding import c_trunc_add, fp16_bytes, roundf
+from .rounding import c_trunc_add, f16, fp16_bytes, roundf
 
 
 def _signed_absmax(x: torch.Tensor) -> torch.Tensor:
@@ -16,7 +17,7 @@ def _signed_absmax(x: torch.Tensor) -> torch.Tensor:
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
     """ggml's `d ? 1.0f/d : 0.0f`."""
-    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    return torch.where(d != 0, 1.0 / d, 0.0)
 
 
 def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -32,16 +33,16 @@ def _high_bits(q: torch.Tensor) -> torch.Tensor:
     return torch.stack([(qh >> (8 * k)) & 0xFF for k in range(4)], dim=1).to(torch.uint8)
 
 
-def q8_0(x: torch.Tensor) -> torch.Tensor:
+def q8_0(x: torch.Tensor):
     d = x.abs().amax(dim=1) / 127
-    q = roundf(x * _inverse(d)[:, None]).to(torch.int8)
-    return torch.cat([fp16_bytes(d), q.view(torch.uint8)], dim=1)
+    q = roundf(x * _inverse(d)[:, None])
+    return torch.cat([fp16_bytes(d), q.to(torch.int8).view(torch.uint8)], dim=1), f16(d)[:, None] * q
 
 
-def q4_0(x: torch.Tensor) -> torch.Tensor:
+def q4_0(x: torch.Tensor):
     d = _signed_absmax(x) / -8
-    q = c_trunc_add(x * _inverse(d)[:, None], 8.5).to(torch.int32).clamp(max=15)
-    return torch.cat([fp16_bytes(d), _pack_nibbles(q)], dim=1)
+    q = c_trunc_add(x * _inverse(d)[:, None], 8.5).clamp(max=15)
+    return torch.cat([fp16_bytes(d), _pack_nibbles(q.to(torch.int32))], dim=1), f16(d)[:, None] * (q - 8)
 
 
 def _min_max(x: torch.Tensor, levels: int):
@@ -50,19 +51,25 @@ def _min_max(x: torch.Tensor, levels: int):
     return lo, d, (x - lo[:, None]) * _inverse(d)[:, None]
 
 
-def q4_1(x: torch.Tensor) -> torch.Tensor:
+def _with_min(d, lo, q):
+    return f16(d)[:, None] * q + f16(lo)[:, None]
+
+
+def q4_1(x: torch.Tensor):
     lo, d, scaled = _min_max(x, 15)
-    q = c_trunc_add(scaled, 0.5).to(torch.int32).clamp(max=15)
-    return torch.cat([fp16_bytes(d), fp16_bytes(lo), _pack_nibbles(q)], dim=1)
+    q = c_trunc_add(scaled, 0.5).clamp(max=15)
+    return torch.cat([fp16_bytes(d), fp16_bytes(lo), _pack_nibbles(q.to(torch.int32))], dim=1), _with_min(d, lo, q)
 
 
-def q5_0(x: torch.Tensor) -> torch.Tensor:
+def q5_0(x: torch.Tensor):
     d = _signed_absmax(x) / -16
-    q = c_trunc_add(x * _inverse(d)[:, None], 16.5).to(torch.int32).clamp(max=31)
-    return torch.cat([fp16_bytes(d), _high_bits(q), _pack_nibbles(q)], dim=1)
+    q = c_trunc_add(x * _inverse(d)[:, None], 16.5).clamp(max=31)
+    qi = q.to(torch.int32)
+    return torch.cat([fp16_bytes(d), _high_bits(qi), _pack_nibbles(qi)], dim=1), f16(d)[:, None] * (q - 16)
 
 
-def q5_1(x: torch.Tensor) -> torch.Tensor:
+def q5_1(x: torch.Tensor):
     lo, d, scaled = _min_max(x, 31)
-    q = c_trunc_add(scaled, 0.5).to(torch.int32)
-    return torch.cat([fp16_bytes(d), fp16_bytes(lo), _high_bits(q), _pack_nibbles(q)], dim=1)
+    q = c_trunc_add(scaled, 0.5)
+    qi = q.to(torch.int32)
+    return torch.cat([fp16_bytes(d), fp16_bytes(lo), _high_bits(qi), _pack_nibbles(qi)], dim=1), _with_min(d, lo, q)

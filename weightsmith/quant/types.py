@@ -13,7 +13,8 @@ from . import kquants, legacy
 @dataclass(frozen=True)
 class QuantType:
     name: str
-    quantize_blocks: Callable[[torch.Tensor], torch.Tensor]   # float32 [n, block] -> uint8 [n, type_size]
+    # float32 [n, block] -> (uint8 [n, type_size], float32 [n, block] those bytes dequantize to)
+    quantize_blocks: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
     @property
     def block(self) -> int:
@@ -60,8 +61,16 @@ def get(name: str) -> QuantType:
         raise Unsupported(f"quantized type {name} is not one weightsmith writes ({', '.join(REGISTRY)})") from None
 
 
+CHUNK = 1 << 18  # values per task: small enough to stay in cache, large enough to amortize torch's per-op cost
+
+
 def quantize(t: torch.Tensor, name: str, tensor_name: str = "tensor") -> np.ndarray:
     """A [rows, n] weight as ggml's bytes for type `name`: uint8 [rows, n / block * type_size]."""
+    return quantize_with_error(t, name, tensor_name)[0]
+
+
+def quantize_with_error(t: torch.Tensor, name: str, tensor_name: str = "tensor") -> tuple[np.ndarray, float]:
+    """quantize(), plus the relative RMS error of the values the bytes dequantize to."""
     qt = get(name)
     x = t.to(torch.float32).contiguous()
     rows, n = x.reshape(-1, x.shape[-1]).shape
@@ -70,8 +79,37 @@ def quantize(t: torch.Tensor, name: str, tensor_name: str = "tensor") -> np.ndar
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         raise BadInput(f"{tensor_name}: holds NaN or Inf (first at index {bad}); refusing to quantize it")
-    out = qt.quantize_blocks(x.reshape(-1, qt.block))
-    return out.reshape(rows, -1).numpy()
+    blocks = x.reshape(-1, qt.block)
+    out = torch.empty(blocks.shape[0], qt.type_size, dtype=torch.uint8)
+    step = max(CHUNK // qt.block, 1)
+
+    def task(i):  # one slice of blocks: its bytes into `out`, its squared error and squared norm (float64)
+        b = blocks[i:i + step]
+        q, back = qt.quantize_blocks(b)
+        out[i:i + step] = q
+        return float((back - b).double().square().sum()), float(b.double().square().sum())
+
+    sums = parallel_map(task, range(0, blocks.shape[0], step))
+    err = (sum(e for e, _ in sums) / max(sum(s for _, s in sums), 1e-300)) ** 0.5
+    return out.reshape(rows, -1).numpy(), err
+
+
+def parallel_map(fn, items) -> list:
+    """fn over items on all cores: threads (torch releases the GIL inside its ops) over single-threaded torch ops,
+    so no core waits at an OpenMP barrier for another that the OS gave to someone else."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    items = list(items)
+    workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    if workers <= 1:
+        return [fn(i) for i in items]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def dequantize(data: np.ndarray, name: str, shape) -> torch.Tensor:
