@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -82,6 +83,11 @@ def build_seeds(root: Path) -> dict[str, Path]:
         {"metadata": {"total_size": 0}, "weight_map": {k: f for f, keys in halves.items() for k in keys}}))
     (sharded / "config.json").write_text(json.dumps(config))
     seeds["hf-sharded"] = sharded
+
+    from weightsmith.convert.pipeline import convert  # compressed-tensors int8/int4: from weightsmith's own writer
+    for kind in ("int8", "int4"):
+        convert(hf, root / f"hf-{kind}", type_=kind, quiet=True)
+        seeds[f"hf-{kind}"] = root / f"hf-{kind}"
 
     meta = root / "meta"
     meta.mkdir()
@@ -357,18 +363,21 @@ def mutate_case(data, fmt: str, seeds: dict[str, Path], case: Path, log: list) -
 # ---- running -------------------------------------------------------------------------------------------------
 
 def exercise(path: Path) -> str:
-    """What `inspect` and `convert` do with a source: open it, report it, read every tensor."""
+    """What `inspect` and `convert` do with a source: open it, report it, read every tensor. A warning is a failure
+    too: printed on stderr, it would break the one-line `error:` contract."""
     try:
-        ck = formats.open_checkpoint(path)
-        d = inspect.as_dict(ck)
-        json.dumps(d, indent=2)
-        inspect.render(d)
-        for t in ck.tensors:
-            t.load()
-            if t.raw is not None:
-                t.raw()
-        if ck.integrity_check:
-            ck.integrity_check()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ck = formats.open_checkpoint(path)
+            d = inspect.as_dict(ck)
+            json.dumps(d, indent=2)
+            inspect.render(d)
+            for t in ck.tensors:
+                t.load()
+                if t.raw is not None:
+                    t.raw()
+            if ck.integrity_check:
+                ck.integrity_check()
     except WeightsmithError:
         return "error"
     return "ok"
