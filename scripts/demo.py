@@ -6,6 +6,7 @@ output, Meta's reference model (llama-models) each Meta output, llama.cpp (llama
 One table at the end.
 """
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ OUT = Path("demo-out")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import llamacpp  # noqa: E402  the tests' llama.cpp driver (logits, greedy decoding), shared rather than copied
 PROMPT = "The capital of France is"
+VERIFY_CTX = 128
 WS = [sys.executable, "-m", "weightsmith.cli"]
 
 
@@ -37,11 +39,39 @@ def size(p: Path) -> int:
     return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def drift(ref: torch.Tensor, cand: torch.Tensor) -> dict:
-    lp, lq = ref.double().log_softmax(-1), cand.double().log_softmax(-1)
-    kld = (lp.exp() * (lp - lq)).sum(-1)
-    return {"max_dlogit": (ref - cand).abs().max().item(), "mean_kld": kld.mean().item(),
-            "top1": (ref.argmax(-1) == cand.argmax(-1)).float().mean().item()}
+def verify_text() -> Path:
+    """English prose every Python ships (its documentation topics), about 2K tokens: what verify scores."""
+    import pydoc_data.topics
+    topics = pydoc_data.topics.topics
+    text, keys = "", iter(sorted(topics))
+    while len(text) < 8000:
+        text += topics[next(keys)]
+    (OUT / "verify-text.txt").write_text(text, encoding="utf-8")
+    return OUT / "verify-text.txt"
+
+
+def verify(ref: Path, cand: Path, text: Path) -> dict:
+    """weightsmith verify --json: drift of cand against ref, llama-perplexity's statistics."""
+    r = subprocess.run([*WS, "verify", ref, cand, "--text", text, "--ctx", str(VERIFY_CTX), "--json"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"weightsmith verify failed:\n{r.stderr}")
+    return json.loads(r.stdout)
+
+
+# The table, one column per entry: (header, width, cell from a row dict). Rows are data, so new outputs (int8,
+# int4, ...) are one more entry in `steps`.
+COLUMNS = [
+    ("step", "<24", lambda r: r["label"]),
+    ("type", "<6", lambda r: r["type"]),
+    ("size MB", ">8", lambda r: f"{r['nbytes'] / 1e6:.1f}"),
+    ("runtime", "<12", lambda r: r["runtime"]),
+    ("rt max|dlogit|", ">14", lambda r: f"{r['rt_dlogit']:.2e}"),
+    ("KLD (verify)", ">12", lambda r: f"{r['verify']['mean_kld']:.2e}"),
+    ("top-1", ">6", lambda r: f"{r['verify']['top1_agreement']:.3f}"),
+    ("secs", ">6", lambda r: f"{r['secs']:.1f}"),
+    ("generates", "", lambda r: repr(r["text"])),
+]
 
 
 def meta_reference_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
@@ -89,10 +119,11 @@ def main():
         ("HF f32 -> GGUF q8_0", OUT / "hf-f32", OUT / "smollm2-q8_0.gguf", ["--type", "q8_0"], "gguf", "Q8_0"),
         ("HF f32 -> GGUF q4_k_m", OUT / "hf-f32", OUT / "smollm2-q4_k_m.gguf", ["--type", "q4_k_m"], "gguf", "Q4_K_M"),
     ]
-    rows = [("GGUF (source)", "Q4_1", size(gguf_file), drift(ref, ref), 0.0, None)]
+    rows = [dict(label="GGUF (source)", type="Q4_1", path=gguf_file, runtime="transformers", logits=ref, secs=0.0)]
     for label, src, dst, extra, fmt, type_ in steps:
         secs = sh("convert", src, dst, *extra, "-q")
         with torch.no_grad():
+            runtime = {"hf": "transformers", "gguf": "llama.cpp", "meta": "Meta ref"}[fmt]
             if fmt == "hf":
                 model = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32)
                 logits = model(ids).logits[0]
@@ -102,18 +133,24 @@ def main():
                 text = tok.decode(llamacpp.greedy(dst, ids[0].tolist(), 12))
             else:
                 logits, text = meta_reference_logits(dst, ids), "(Meta reference model: logits only)"
-        rows.append((label, type_, size(dst), drift(ref, logits), secs, text))
+        rows.append(dict(label=label, type=type_, path=dst, runtime=runtime, logits=logits, secs=secs, text=text))
 
     with torch.no_grad():
-        ref_text = tok.decode(ref_model.generate(ids, max_new_tokens=12, do_sample=False)[0][ids.shape[1]:])
-    rows[0] = rows[0][:5] + (ref_text,)
-    print(f"\nprompt: {PROMPT!r}; reference: transformers' own GGUF loader on the same file (the Q4_1 source's own")
-    print("row is that reference against itself). llama.cpp rounds activations to 8 bits against Q4_1 weights and to")
-    print("f16 against f16 weights, so its rows differ from transformers' f32 arithmetic by more than the files do.\n")
-    print(f"{'step':<24} {'type':<6} {'size MB':>8} {'max|dlogit|':>12} {'mean KLD':>10} {'top-1':>6} {'secs':>6}  generates")
-    for label, type_, nbytes, d, secs, text in rows:
-        print(f"{label:<24} {type_:<6} {nbytes / 1e6:8.1f} {d['max_dlogit']:12.2e} {d['mean_kld']:10.2e} "
-              f"{d['top1']:6.2f} {secs:6.1f}  {text!r}")
+        rows[0]["text"] = tok.decode(ref_model.generate(ids, max_new_tokens=12, do_sample=False)[0][ids.shape[1]:])
+    f32 = OUT / "hf-f32"  # the exact dequantization of the source: the reference every output is verified against
+    text = verify_text()
+    for r in rows:
+        r["nbytes"], r["rt_dlogit"] = size(r["path"]), (r["logits"] - ref).abs().max().item()
+        r["verify"] = verify(f32, r["path"], text)
+    n_scored = rows[0]["verify"]["n_tokens"]
+    print(f"\nprompt: {PROMPT!r}. 'rt max|dlogit|': the file run by its own runtime (transformers, llama.cpp, Meta's")
+    print("reference model) on the prompt, against transformers' own GGUF loader on the source; llama.cpp rounds")
+    print("activations to 8 bits against quantized weights and to f16 against f16 weights, so its rows differ by more")
+    print(f"than the files do. 'KLD (verify)', 'top-1': weightsmith verify of the file against {f32} (the source")
+    print(f"dequantized to f32) on {text} in {VERIFY_CTX}-token chunks ({n_scored} tokens scored).\n")
+    print(" ".join(f"{h:{w}}" for h, w, _ in COLUMNS))
+    for r in rows:
+        print(" ".join(f"{cell(r):{w}}" for _, w, cell in COLUMNS))
 
 
 if __name__ == "__main__":
