@@ -64,16 +64,19 @@ class AtomicOutput:
 
     def _write_failure(self, exc) -> str | None:
         """Why writing failed, when it is the destination's fault (disk full, quota, read-only, permissions).
-        numpy's tofile and torch's zip writer report a full disk without an errno: then the free space tells."""
-        if not isinstance(exc, OSError):
-            return None
+        numpy's tofile and torch's zip writer (the only OSErrors without an errno here; readers' carry one) report a
+        failed write without saying why: then the free space tells whether the disk is full."""
+        if not isinstance(exc, OSError) or exc.filename and not str(exc.filename).startswith(str(self.tmp)):
+            return None  # not an error, or one about another file (an unreadable source says so itself)
         if exc.errno in WRITE_ERRNOS:
             return exc.strerror or str(exc)
+        if exc.errno is not None:
+            return None
         try:
             st = os.statvfs(self.tmp)
         except OSError:
-            return None
-        return "No space left on device" if exc.errno is None and st.f_bavail * st.f_frsize < 2**20 else None
+            return str(exc)
+        return "No space left on device" if st.f_bavail * st.f_frsize < 2**20 else str(exc)
 
 
 @contextlib.contextmanager
