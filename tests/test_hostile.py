@@ -403,6 +403,39 @@ def test_read_only_destination(seeds, tmp_path, ws):
         _umount(place) if mounted else place.chmod(0o755)
 
 
+def test_signal_while_moving_into_place_waits(tmp_path, monkeypatch):
+    """Ctrl-C between the moves of a split output: the moves finish (a half-moved split would look complete)."""
+    from weightsmith import output
+    real, moved = output._replace, []
+
+    def replace_then_interrupt(src, dst):
+        real(src, dst)
+        moved.append(dst)
+        if len(moved) == 1:
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(output, "_replace", replace_then_interrupt)
+    with output.AtomicOutput(tmp_path / "m-00001-of-00002.gguf", is_dir=False) as first:
+        for i in (1, 2):
+            (first.parent / f"m-{i:05d}-of-00002.gguf").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]
+
+
+def test_signal_during_cleanup_is_delivered_after_it(tmp_path, monkeypatch):
+    from weightsmith import output
+    from weightsmith.errors import BadInput
+    real = output._remove
+
+    def remove_interrupted(p):
+        signal.raise_signal(signal.SIGINT)
+        real(p)
+    with pytest.raises(KeyboardInterrupt):
+        with output.AtomicOutput(tmp_path / "out", is_dir=True) as d:
+            (d / "half.safetensors").write_bytes(b"x" * 100)
+            monkeypatch.setattr(output, "_remove", remove_interrupted)
+            raise BadInput("reading failed")
+    assert list(tmp_path.iterdir()) == []
+
+
 # Interrupted conversions: SIGINT and SIGTERM at seeded random moments of multi-second runs of a real model
 # (SmolLM2 GGUF -> HF and Meta about 8 s here, GGUF pass-through about 4 s), into each output format, onto a fresh
 # destination or (--force) onto an existing one, which must survive untouched.

@@ -45,8 +45,8 @@ class AtomicOutput:
         # A signal while the finished output is moved into place (or the partial one removed) waits until that is
         # done: a half-moved split or a replaced output without its replacement would be worse than a late stop.
         # On success it is dropped (the output is complete); on failure it is delivered after the cleanup.
-        reason = self._write_failure(exc)  # before the cleanup frees the space
         with _signals_deferred(deliver=exc_type is not None):
+            reason = self._write_failure(exc)  # before the cleanup frees the space
             try:
                 if exc_type is None:
                     moves = [(self.tmp, self.dst)] if self.is_dir else \
