@@ -93,11 +93,11 @@ def test_verify_self_and_conversions_is_exact(built, tmp_path, capsys, tok_dir):
         assert [d["layer"] for d in r["layers"]] == [0, 1] and all(d["rel_err"] <= 1e-6 for d in r["layers"])
 
 
-def test_verify_quantized_exceeds_max_kld(ggufs, capsys):
-    rc, out, err = ws(capsys, "verify", ggufs / "f32.gguf", ggufs / "q4_0.gguf", "--text", ggufs / "text.txt",
-                      "--ctx", "32", "--json", "--max-kld", "1e-6")
-    assert rc == 1 and "above --max-kld" in err
-    r = json.loads(out)
+def test_verify_quantized_exceeds_max_kld(ggufs, capsys, run_cli):
+    p = run_cli("verify", ggufs / "f32.gguf", ggufs / "q4_0.gguf", "--text", ggufs / "text.txt", "--ctx", "32",
+                "--json", "--max-kld", "1e-6")  # the real command line, in its own process
+    assert p.returncode == 1 and "above --max-kld" in p.stderr
+    r = json.loads(p.stdout)
     assert r["mean_kld"] > 1e-6 and r["top1_agreement"] < 1.0 or r["mean_kld"] > 1e-4
     assert r["n_chunks"] >= 2 and r["n_tokens"] == r["n_chunks"] * (32 - 1 - 16)
     assert r["layers"][-1]["rel_err"] > 0 and r["ppl_candidate"] != r["ppl_reference"]
