@@ -14,6 +14,7 @@ import argparse
 import collections
 import io
 import json
+import resource
 import shutil
 import struct
 import sys
@@ -433,14 +434,21 @@ def main():
     ap.add_argument("--cases", type=int, default=10000, help="Cases per format.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=tempfile.gettempdir(), help="Scratch directory.")
+    ap.add_argument("--max-memory-gb", type=float, default=8.0,
+                    help="Address-space limit: a case that would allocate more fails with MemoryError (a finding) "
+                         "instead of taking the machine down.")
     args = ap.parse_args()
+    limit = int(args.max_memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     failed = False
     for fmt in args.format or FORMATS:
         t0 = time.time()
         stats = fuzz(fmt, args.cases, args.seed, Path(args.work))
         n = sum(stats.outcomes.values())
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f"{fmt}: {n} cases in {time.time() - t0:.0f}s: {stats.outcomes['ok']} still valid, "
-              f"{stats.outcomes['error']} clean errors, {stats.outcomes['bug']} other exceptions", flush=True)
+              f"{stats.outcomes['error']} clean errors, {stats.outcomes['bug']} other exceptions "
+              f"(peak RSS so far {peak:.1f} GB)", flush=True)
         for key, b in sorted(stats.bugs.items(), key=lambda kv: -kv[1]["count"]):
             failed = True
             print(f"  BUG {key} x{b['count']}: {b['message']}\n    mutation: {b['mutation']}\n"

@@ -210,6 +210,8 @@ CORPUS = {
     "gguf-truncated-tiny": ("gguf", None, truncate(10), "too short"),
     "gguf-config-disagrees": ("gguf", None, gguf_part(lambda r: (r.fields["llama.feed_forward_length"].parts[3], 100)),
                               "ffn_gate.weight has shape [96, 32], the config implies [100, 32]"),
+    "gguf-huge-embedding-length": ("gguf", None, gguf_part(lambda r: (r.fields["llama.embedding_length"].parts[3],
+                                                                      2**32 - 1)), "the config implies [64, 4294967295]"),
     "gguf-huge-block-count": ("gguf", None, gguf_part(lambda r: (r.fields["llama.block_count"].parts[3], 2**31)),
                               "blk.1"),
     "gguf-text-file": ("gguf", None, write_text("not a model\n" * 100), "magic"),

@@ -105,6 +105,8 @@ LLAMA3_SCALINGS = [{"rope_type": "llama3", "factor": f, "low_freq_factor": 1.0, 
 
 
 def llama3_scaling_from_factors(factors: torch.Tensor, head_dim: int, theta: float) -> dict | None:
+    if factors.numel() != head_dim // 2:  # one factor per rotary pair (and no head_dim-sized work on a mismatch)
+        return None
     for s in LLAMA3_SCALINGS:
         want = llama3_rope_factors(head_dim, theta, s)
         if want.shape == factors.shape and torch.allclose(factors.float(), want, rtol=1e-4):

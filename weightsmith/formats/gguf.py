@@ -205,11 +205,11 @@ def read(path: Path) -> Checkpoint:
             refs[t.name] = TensorRef(t.name, t.name, shape, t.tensor_type.name, int(t.n_bytes), loader, loader.raw)
     shapes = {k: r.shape for k, r in refs.items()}
     cfg = from_gguf_metadata(kv, shapes, str(path))
+    check_shapes(cfg, shapes, lambda c: c, str(path))  # first: the rope check below allocates head_dim values
     if rope_freqs is not None and cfg.rope_scaling is None:
         cfg.rope_scaling = layout.llama3_scaling_from_factors(rope_freqs(), cfg.head_dim, cfg.rope_theta)
         if cfg.rope_scaling is None:  # never drop scaling silently: the model would be wrong past 8K tokens
             raise Unsupported(f"{path}: rope_freqs.weight matches no Llama 3.x rope scaling weightsmith knows")
-    check_shapes(cfg, shapes, lambda c: c, str(path))
     summary = {k: (f"[{len(v)} items]" if isinstance(v, list) and len(v) > 16 else v) for k, v in kv.items()}
     return Checkpoint(format="gguf", path=path, config=cfg, tensors=order(refs, cfg),
                       info={"files": [f.name for f in files], "metadata": summary},
