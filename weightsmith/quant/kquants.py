@@ -35,11 +35,14 @@ def _make_qx_quants(x: torch.Tensor, nmax: int):
     zero = mx.abs() < GROUP_MAX_EPS
     mx_safe = torch.where(zero, torch.ones_like(mx), mx)
     w = x * x
+    wx = w * x
+    sums = torch.empty(x.shape[0], 2, x.shape[1])
 
     def attempt(iscale):
-        lf = torch.round(iscale * x).clamp(-nmax, nmax - 1)
-        sumlx = _seqsum(w * x * lf)
-        suml2 = _seqsum(w * lf * lf)
+        lf = torch.mul(x, iscale).round_().clamp_(-nmax, nmax - 1)
+        torch.mul(wx, lf, out=sums[:, 0])                          # w * x * l
+        torch.mul(w, lf, out=sums[:, 1]).mul_(lf)                  # w * l * l
+        sumlx, suml2 = _seqsum(sums)  # both sums, one pass
         return lf, sumlx, suml2
 
     lf, sumlx, suml2 = attempt(torch.tensor(float(-nmax), dtype=torch.float32) / mx_safe)
@@ -109,12 +112,16 @@ def _make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, 
     diff = scale * L + lo - x
     best = _seqsum(w * (diff * diff))
     mn = lo
+    la, err, sums = torch.empty_like(x), torch.empty_like(x), torch.empty(x.shape[0], 3, x.shape[1])
     for step in range(nstep + 1):
-        # ggml updates `min` when a candidate wins, and later candidates start from it
+        # ggml updates `min` when a candidate wins, and later candidates start from it. In-place ops into reused
+        # buffers: the same float32 operations in the same order, without allocating per step.
         iscale = (f32(rmin) + f32(rdelta) * step + nmax) / torch.where(flat, span, hi - mn)
-        la = torch.round(iscale * (x - mn)).clamp(0, nmax)
-        wl = w * la
-        sum_l, sum_l2, sum_xl = _seqsum(torch.stack([wl, wl * la, wl * x], 1))  # three sums, one pass
+        torch.sub(x, mn, out=la).mul_(iscale).round_().clamp_(0, nmax)
+        wl = torch.mul(w, la, out=sums[:, 0])
+        torch.mul(wl, la, out=sums[:, 1])
+        torch.mul(wl, x, out=sums[:, 2])
+        sum_l, sum_l2, sum_xl = _seqsum(sums)  # three sums, one pass
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = D > 0
         Ds = torch.where(ok, D, torch.ones_like(D))
@@ -123,10 +130,10 @@ def _make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, 
         pos = this_min > 0
         this_scale = torch.where(pos, sum_xl / torch.where(pos, sum_l2, torch.ones_like(sum_l2)), this_scale)
         this_min = torch.where(pos, torch.zeros_like(this_min), this_min)
-        diff = this_scale * la + this_min - x
-        cur = _seqsum(w * (diff * diff))
+        torch.mul(la, this_scale, out=err).add_(this_min).sub_(x).square_().mul_(w)  # w * diff * diff
+        cur = _seqsum(err)
         better = ok & (cur < best)
-        L = torch.where(better, la, L)
+        torch.where(better, la, L, out=L)
         best = torch.where(better, cur, best)
         scale = torch.where(better, this_scale, scale)
         mn = torch.where(better, this_min, mn)

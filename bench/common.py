@@ -1,0 +1,74 @@
+"""What the side-by-side benchmarks share: llama.cpp's tools, timing a command with its own peak RSS, and comparing
+two GGUF files tensor by tensor.
+
+llama.cpp comes from the sources inside the llama-cpp-python sdist (the version the tests use), built once by hand:
+    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/lcp && cd /tmp/lcp && tar xzf *.tar.gz
+    cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF
+    cmake --build build -j2 --target llama-quantize llama-perplexity
+and found through LLAMA_CPP_DIR (default /tmp/lcp): bin/ under LLAMA_CPP_DIR/build, sources under its sdist.
+"""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LLAMA_CPP_DIR = Path(os.environ.get("LLAMA_CPP_DIR", "/tmp/lcp"))
+WS = [sys.executable, "-m", "weightsmith.cli"]
+
+
+def llama_bin(name: str) -> Path:
+    p = LLAMA_CPP_DIR / "build" / "bin" / name
+    if not p.exists():
+        sys.exit(f"{p} not found: build llama.cpp as bench/common.py's docstring says, or set LLAMA_CPP_DIR")
+    return p
+
+
+def llama_src() -> Path:
+    found = sorted(LLAMA_CPP_DIR.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    if not found:
+        sys.exit(f"no llama_cpp_python-*/vendor/llama.cpp under {LLAMA_CPP_DIR}")
+    return found[-1]
+
+
+def run(cmd, env=None, quiet=True) -> dict:
+    """Run cmd; its wall time and its own peak RSS (wait4's rusage of that child, not of this process)."""
+    import tempfile
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty tool must not block on a full pipe
+        t = time.perf_counter()
+        p = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL if quiet else None, stderr=log)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        err = log.read().decode(errors="replace")
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(map(str, cmd))}\n{err[-3000:]}")
+    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024}
+
+
+def size(p: Path) -> int:
+    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def gguf_tensors_equal(a: Path, b: Path) -> str:
+    """'identical' when both files hold the same tensors (name, type, shape, bytes); else the first difference."""
+    import numpy as np
+    from gguf import GGUFReader
+    ta = {t.name: t for t in GGUFReader(a).tensors}
+    tb = {t.name: t for t in GGUFReader(b).tensors}
+    if set(ta) != set(tb):
+        return f"different tensor names: {sorted(set(ta) ^ set(tb))[:5]}"
+    for name, x in ta.items():
+        y = tb[name]
+        if x.tensor_type != y.tensor_type or list(x.shape) != list(y.shape):
+            return f"{name}: {x.tensor_type.name} {list(x.shape)} vs {y.tensor_type.name} {list(y.shape)}"
+        if not np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8)):
+            return f"{name}: bytes differ"
+    return f"identical ({len(ta)} tensors)"
+
+
+def table(rows: list[list], head: list[str]):
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)), flush=True)

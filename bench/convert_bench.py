@@ -1,0 +1,130 @@
+"""weightsmith against llama.cpp's own tools on a 1.1B-parameter Llama (TinyLlama's shape), side by side in one run.
+
+Builds (once, under --work) a 2-shard HF checkpoint with random bf16 weights: dim 2048, 22 layers, 32 heads, 4 kv
+heads, ffn 5632, vocab 32000, with a real Llama-2 SentencePiece tokenizer.model (mistral-common's). Then:
+- HF bf16 -> GGUF f16 and -> q8_0: weightsmith convert vs llama.cpp's convert_hf_to_gguf.py (from the sources in
+  the llama-cpp-python sdist, with its own gguf-py). Targets: <= 0.25x its wall time, <= 0.5x its peak RSS.
+- f16 GGUF -> q4_k_m: weightsmith quantize vs llama-quantize (2 threads). Target: <= 1.5x, identical bytes.
+- inspect of the HF directory and of the GGUF: target < 1 s.
+- a plain copy of the same input bytes (shutil.copyfile of the shards) as the bandwidth yardstick.
+Output files are compared tensor by tensor. Files are read from the page cache after the first run (24 GB RAM).
+
+    python bench/convert_bench.py [--work /tmp/ws-bench] [--layers 22]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import WS, gguf_tensors_equal, llama_bin, llama_src, run, size, table  # noqa: E402
+
+SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+             num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5,
+             rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+
+
+def build(out: Path, layers: int):
+    """Random bf16 weights under transformers' names, two safetensors shards + index, config and tokenizer."""
+    import importlib.util
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+    if (out / "model.safetensors.index.json").exists():
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cfg = LlamaConfig(**{**SHAPE, "num_hidden_layers": layers}, dtype=torch.bfloat16)
+    cfg.save_pretrained(tmp)
+    d, f, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    per_layer = {"input_layernorm.weight": (d,), "self_attn.q_proj.weight": (d, d), "self_attn.k_proj.weight": (kv, d),
+                 "self_attn.v_proj.weight": (kv, d), "self_attn.o_proj.weight": (d, d),
+                 "post_attention_layernorm.weight": (d,), "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d),
+                 "mlp.down_proj.weight": (d, f)}
+    names = {"model.embed_tokens.weight": (cfg.vocab_size, d)}
+    names.update({f"model.layers.{i}.{k}": s for i in range(layers) for k, s in per_layer.items()})
+    names.update({"model.norm.weight": (d,), "lm_head.weight": (cfg.vocab_size, d)})
+    g = torch.Generator().manual_seed(0)
+    items = list(names.items())
+    half = len(items) // 2
+    weight_map = {}
+    for k, part in enumerate((items[:half], items[half:])):
+        fname = f"model-{k + 1:05d}-of-00002.safetensors"
+        sd = {n: (torch.randn(s, generator=g) * (0.02 if len(s) > 1 else 1)).to(torch.bfloat16) for n, s in part}
+        save_file(sd, tmp / fname, metadata={"format": "pt"})
+        weight_map.update({n: fname for n in sd})
+        del sd
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    sp = Path(importlib.util.find_spec("mistral_common").origin).parent / "data" / "tokenizer.model.v1"
+    shutil.copyfile(sp, tmp / "tokenizer.model")
+    (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True}))
+    tmp.rename(out)
+
+
+def plain_copy(src: Path, work: Path) -> dict:
+    dst = work / "copy"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir()
+    t = time.perf_counter()
+    for f in sorted(src.glob("*.safetensors")):
+        shutil.copyfile(f, dst / f.name)
+    wall = time.perf_counter() - t
+    shutil.rmtree(dst)
+    return {"wall": wall}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ws-bench"))
+    ap.add_argument("--layers", type=int, default=22)
+    ap.add_argument("--skip", default="", help="comma-separated steps to skip: f16,q8_0,q4_k_m")
+    a = ap.parse_args()
+    work = a.work
+    work.mkdir(parents=True, exist_ok=True)
+    hf = work / f"tinyllama-{a.layers}l-bf16"
+    build(hf, a.layers)
+    in_bytes = sum(f.stat().st_size for f in hf.glob("*.safetensors"))
+    print(f"# {hf}: {in_bytes / 1e9:.2f} GB bf16 in 2 shards; {os.cpu_count()} cores", flush=True)
+    src = llama_src()
+    env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"), NO_LOCAL_GGUF="")
+    copy = plain_copy(hf, work)
+    rows = [["plain copy of the input", f"{copy['wall']:.2f}", "", "", "", "", f"{in_bytes / copy['wall'] / 1e9:.2f}", ""]]
+    skip = set(a.skip.split(","))
+    for t in ("f16", "q8_0"):
+        if t in skip:
+            continue
+        ours, theirs = work / f"ws-{t}.gguf", work / f"cv-{t}.gguf"
+        for p in (ours, theirs):
+            p.unlink(missing_ok=True)
+        w = run([*WS, "convert", hf, ours, "--type", t, "-q"])
+        c = run([sys.executable, src / "convert_hf_to_gguf.py", hf, "--outtype", t, "--outfile", theirs], env=env)
+        rows.append([f"HF bf16 -> GGUF {t}", f"{w['wall']:.2f}", f"{c['wall']:.2f}", f"{w['wall'] / c['wall']:.2f}x",
+                     f"{w['rss_mb']:.0f}", f"{c['rss_mb']:.0f} ({w['rss_mb'] / c['rss_mb']:.2f}x)",
+                     f"{in_bytes / w['wall'] / 1e9:.2f}", gguf_tensors_equal(ours, theirs)])
+    if "q4_k_m" not in skip:
+        f16 = work / "ws-f16.gguf"
+        if not f16.exists():
+            run([*WS, "convert", hf, f16, "--type", "f16", "-q"])
+        ours, theirs = work / "ws-q4_k_m.gguf", work / "lq-q4_k_m.gguf"
+        for p in (ours, theirs):
+            p.unlink(missing_ok=True)
+        w = run([*WS, "quantize", f16, ours, "q4_k_m", "-q"])
+        q = run([llama_bin("llama-quantize"), f16, theirs, "Q4_K_M", 2])
+        rows.append(["GGUF f16 -> q4_k_m", f"{w['wall']:.2f}", f"{q['wall']:.2f}", f"{w['wall'] / q['wall']:.2f}x",
+                     f"{w['rss_mb']:.0f}", f"{q['rss_mb']:.0f} ({w['rss_mb'] / q['rss_mb']:.2f}x)",
+                     f"{size(f16) / w['wall'] / 1e9:.2f}", gguf_tensors_equal(ours, theirs)])
+    table(rows, ["job", "weightsmith s", "peer s", "time ratio", "ws RSS MB", "peer RSS MB (ratio)", "ws GB/s in",
+                 "output tensors"])
+    print("\n# inspect (wall time of the whole command, including Python start-up)")
+    for p in [hf, work / "ws-f16.gguf"]:
+        if p.exists():
+            r = run([*WS, "inspect", p])
+            print(f"{p.name}: {r['wall']:.2f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
