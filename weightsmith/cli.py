@@ -71,8 +71,8 @@ def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, toke
 def quantize(src, dst, type_, force, quiet):
     """Quantize SRC into DST of the same format (llama-quantize style): weightsmith quantize in.gguf out.gguf q8_0"""
     from .convert.pipeline import convert as run
-    from .formats import open_checkpoint
-    run(src, dst, to=open_checkpoint(src).format, type_=type_, quiet=quiet, force=force)
+    from .formats import detect
+    run(src, dst, to=detect(src), type_=type_, quiet=quiet, force=force)
 
 
 @main.command()

@@ -9,17 +9,22 @@ READERS = {"gguf": gguf, "hf": hf, "meta": meta}
 WRITERS = {"gguf": gguf.Writer, "hf": hf.Writer, "meta": meta.Writer}
 
 
-def open_checkpoint(path) -> Checkpoint:
+def detect(path) -> str:
+    """The format of a checkpoint path, from its name and layout only (nothing is parsed)."""
     p = Path(path)
     if not p.exists():
         raise BadInput(f"{p}: no such file or directory")
-    for mod in READERS.values():
+    for name, mod in READERS.items():
         if mod.detect(p):
-            return mod.read(p)
+            return name
     if p.is_dir():
         raise BadInput(f"{p}: not a checkpoint directory (no config.json + *.safetensors, no params.json + "
                        f"consolidated.NN.pth)")
     raise BadInput(f"{p}: not a checkpoint file weightsmith recognizes (.gguf, .safetensors, .pth)")
+
+
+def open_checkpoint(path) -> Checkpoint:
+    return READERS[detect(path)].read(Path(path))
 
 
 def writer(fmt: str):

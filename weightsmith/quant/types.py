@@ -76,15 +76,15 @@ def quantize_with_error(t: torch.Tensor, name: str, tensor_name: str = "tensor")
     rows, n = x.reshape(-1, x.shape[-1]).shape
     if n % qt.block:
         raise BadInput(f"{tensor_name}: row length {n} is not a multiple of {name}'s block of {qt.block}")
-    if not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-        raise BadInput(f"{tensor_name}: holds NaN or Inf (first at index {bad}); refusing to quantize it")
     blocks = x.reshape(-1, qt.block)
     out = torch.empty(blocks.shape[0], qt.type_size, dtype=torch.uint8)
     step = max(CHUNK // qt.block, 1)
 
     def task(i):  # one slice of blocks: its bytes into `out`, its squared error and squared norm (float64)
         b = blocks[i:i + step]
+        if not torch.isfinite(b).all():  # checked here, where the slice is in cache
+            bad = (~torch.isfinite(x.reshape(rows, n))).nonzero()[0].tolist()
+            raise BadInput(f"{tensor_name}: holds NaN or Inf (first at index {bad}); refusing to quantize it")
         q, back = qt.quantize_blocks(b)
         out[i:i + step] = q
         return float((back - b).double().square().sum()), float(b.double().square().sum())
