@@ -138,6 +138,14 @@ def non_tensor_values(f: Path):
     torch.save(sd, f)
 
 
+def drop(key):
+    def damage(f: Path):
+        sd = torch.load(f, weights_only=True)
+        del sd[key]
+        torch.save(sd, f)
+    return damage
+
+
 def unlink(f: Path):
     f.unlink()
 
@@ -222,6 +230,7 @@ CORPUS = {
     "pth-truncated-end": ("meta", PTH, truncate(-30), PTH),
     "pth-text-file": ("meta", PTH, write_text("not a pickle\n" * 100), PTH),
     "pth-not-tensors": ("meta", PTH, non_tensor_values, PTH),
+    "pth-embeddings-missing": ("meta", PTH, drop("tok_embeddings.weight"), "token_embd.weight"),
     "pth-shard-missing": ("meta-mp2", "consolidated.01.pth", unlink, "params.json"),
     "params-missing": ("meta", "params.json", unlink, "params.json"),
     "params-not-json": ("meta", "params.json", write_text("dim: 32"), "params.json"),

@@ -157,8 +157,8 @@ def _load(axis, parts, key) -> torch.Tensor:
 
 def _same_as_embeddings(refs) -> bool:
     """Whether output.weight is a copy of tok_embeddings: a one-row test first, so untied models cost nothing."""
-    e, o = refs["token_embd.weight"], refs["output.weight"]
-    if e.shape != o.shape or e.dtype != o.dtype:
+    e, o = refs.get("token_embd.weight"), refs["output.weight"]
+    if e is None or e.shape != o.shape or e.dtype != o.dtype:
         return False
     te, to = e.load(), o.load()
     return torch.equal(te[:1], to[:1]) and torch.equal(te, to)
