@@ -414,6 +414,19 @@ def test_read_only_destination(seeds, tmp_path, ws):
         _umount(place) if mounted else place.chmod(0o755)
 
 
+def test_staging_of_a_killed_run_is_removed(seeds, tmp_path, ws):
+    """A run killed outright (SIGKILL) leaves its hidden staging directory; the next run for that destination
+    removes it. A live process's staging is left alone."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.weightsmith-partial-{int(dead.stdout)}"
+    live = tmp_path / f".out.weightsmith-partial-{os.getppid()}"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"half")
+    assert ws("convert", seeds["hf"], tmp_path / "out", "-q").returncode == 0
+    assert not stale.exists() and live.exists()
+
+
 def test_signal_while_moving_into_place_waits(tmp_path, monkeypatch):
     """Ctrl-C between the moves of a split output: the moves finish (a half-moved split would look complete)."""
     from weightsmith import output

@@ -1,6 +1,7 @@
 """Atomic output: everything is written under a temporary name beside the destination and renamed at the end."""
 import contextlib
 import errno
+import glob
 import os
 import shutil
 import signal
@@ -33,6 +34,7 @@ class AtomicOutput:
             raise BadInput(f"output directory {self.dst.parent} does not exist")
         with _signals_deferred() as pending:  # never leave the staging directory behind a Ctrl-C
             try:
+                self._remove_stale()
                 _remove(self.tmp)
                 self.tmp.mkdir()
             except OSError as e:
@@ -61,6 +63,14 @@ class AtomicOutput:
         if reason:
             raise WeightsmithError(f"cannot write {self.dst}: {reason}; nothing was written") from None
         return False
+
+    def _remove_stale(self):
+        """Staging left by an earlier run for this destination that was killed outright (SIGKILL, a crash), which no
+        cleanup could run in: its process is gone. A live process's staging (a concurrent run) is left alone."""
+        for p in self.dst.parent.glob(f".{glob.escape(self.dst.name)}.weightsmith-partial-*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                _remove(p)
 
     def _write_failure(self, exc) -> str | None:
         """Why writing failed, when it is the destination's fault (disk full, quota, read-only, permissions).
@@ -96,6 +106,16 @@ def _signals_deferred(deliver: bool = True):
             signal.signal(s, handler)
         if pending and deliver:
             signal.raise_signal(pending[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
 
 
 def _replace(src: Path, dst: Path):
