@@ -38,7 +38,8 @@ def build(out: Path, layers: int):
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    cfg = LlamaConfig(**{**SHAPE, "num_hidden_layers": layers}, dtype=torch.bfloat16)
+    cfg = LlamaConfig(**{**SHAPE, "num_hidden_layers": layers}, dtype=torch.bfloat16,
+                      architectures=["LlamaForCausalLM"])  # convert_hf_to_gguf.py picks its converter by this
     cfg.save_pretrained(tmp)
     d, f, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
     per_layer = {"input_layernorm.weight": (d,), "self_attn.q_proj.weight": (d, d), "self_attn.k_proj.weight": (kv, d),

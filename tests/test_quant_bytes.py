@@ -57,7 +57,7 @@ def test_dequantize_matches_gguf_py(type_name, kind):
     theirs = gguf.quants.dequantize(q, gguf.GGMLQuantizationType[type_name])
     assert np.array_equal(ours.numpy(), theirs)
     xd = x.astype(np.float64)
-    assert err == pytest.approx(np.sqrt(((theirs - xd) ** 2).sum() / (xd ** 2).sum()), rel=1e-9)
+    assert err == pytest.approx(np.sqrt(((theirs - xd) ** 2).sum() / (xd ** 2).sum()), rel=1e-5)
     if kind == "edge":
         return
     rel = np.sqrt(((theirs - x) ** 2).mean() / (x ** 2).mean())

@@ -10,9 +10,17 @@ from .rounding import c_trunc_add, f16, fp16_bytes, roundf
 
 
 def _signed_absmax(x: torch.Tensor) -> torch.Tensor:
-    """The value of largest magnitude, sign kept; the first one on ties (ggml's `if (amax < fabsf(v))`)."""
-    idx = x.abs().argmax(dim=1, keepdim=True)
-    return x.gather(1, idx).squeeze(1)
+    """The value of largest magnitude, sign kept; the first one on ties (ggml's `if (amax < fabsf(v))` from +0.0).
+
+    From the row's max and min (fast reductions); only rows where +a and -a tie look up which comes first."""
+    hi, lo = x.amax(dim=1), x.amin(dim=1)
+    out = torch.where(hi >= -lo, hi, lo)
+    out = torch.where(out == 0, 0.0, out)  # an all-zero row gives +0.0 even when it holds -0.0s
+    ties = ((hi == -lo) & (hi != 0)).nonzero().squeeze(1)
+    if len(ties):
+        t = x[ties]
+        out[ties] = t.gather(1, t.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+    return out
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
@@ -28,9 +36,11 @@ def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
 
 def _high_bits(q: torch.Tensor) -> torch.Tensor:
     """Bit 4 of each of the 32 values as one little-endian uint32: bit j of qh is bit 4 of q[j]."""
-    bits = ((q >> 4) & 1).to(torch.int64)
-    qh = (bits << torch.arange(32, dtype=torch.int64)).sum(dim=1)
-    return torch.stack([(qh >> (8 * k)) & 0xFF for k in range(4)], dim=1).to(torch.uint8)
+    bits = ((q >> 4) & 1).to(torch.uint8).view(-1, 4, 8)
+    out = bits[..., 0].clone()
+    for j in range(1, 8):
+        out |= bits[..., j] << j
+    return out
 
 
 def q8_0(x: torch.Tensor):

@@ -87,11 +87,20 @@ def quantize_with_error(t: torch.Tensor, name: str, tensor_name: str = "tensor")
             raise BadInput(f"{tensor_name}: holds NaN or Inf (first at index {bad}); refusing to quantize it")
         q, back = qt.quantize_blocks(b)
         out[i:i + step] = q
-        return float((back - b).double().square().sum()), float(b.double().square().sum())
+        return _squared_norms(back, b)
 
     sums = parallel_map(task, range(0, blocks.shape[0], step))
     err = (sum(e for e, _ in sums) / max(sum(s for _, s in sums), 1e-300)) ** 0.5
     return out.reshape(rows, -1).numpy(), err
+
+
+def _squared_norms(back: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
+    """|back - x|^2 and |x|^2: float32 norms (fast), in float64 where float32 squares could over- or underflow."""
+    e, n = float(torch.dist(back, x)), float(torch.linalg.vector_norm(x))
+    if not (1e-15 < n < 1e15 and e < 1e15):
+        xd = x.double()
+        return float((back.double() - xd).square().sum()), float(xd.square().sum())
+    return e * e, n * n
 
 
 def parallel_map(fn, items) -> list:
