@@ -134,6 +134,29 @@ def test_chunks_like_llama_perplexity():
     assert metrics.percentile(x, 0.5) == 2.5 and metrics.percentile(x, 0.99) == pytest.approx(3.97)
 
 
+@pytest.mark.parametrize("family", ["llama1", "llama3"])
+def test_text_tokenized_by_the_checkpoint_tokenizer(built, tmp_path, family):
+    """--text goes through the reference's own tokenizer with BOS first: a Meta checkpoint with a real
+    SentencePiece (Llama 2 style) or tiktoken (Llama 3) tokenizer.model against that tokenizer's own library."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+    d = tmp_path / family
+    shutil.copytree(built.meta(family), d)
+    sample = "Hello world, the quick brown fox. café 1234567\n  indented"
+    if family == "llama1":
+        import sentencepiece
+        model = Path(importlib.util.find_spec("mistral_common").origin).parent / "data" / "tokenizer.model.v1"
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+        want = [sp.bos_id()] + sp.encode(sample)
+    else:
+        from llama_models.llama3.tokenizer import Tokenizer
+        model = Path(importlib.util.find_spec("llama_models").origin).parent / "llama3" / "tokenizer.model"
+        want = Tokenizer(model).encode(sample, bos=True, eos=False)
+    shutil.copy(model, d / "tokenizer.model")
+    assert text.TextTokenizer(open_checkpoint(d)).encode(sample) == want
+
+
 def test_greedy_equals_transformers_generate(built):
     from transformers import LlamaForCausalLM
     path = built.hf("llama31")
