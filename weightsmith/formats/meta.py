@@ -27,7 +27,8 @@ TOKENIZER_FILES = ("tokenizer.model",)
 # What torch.load raises on damaged bytes: its zip reader, the weights-only unpickler and tensor rebuilding fail in
 # all of these ways (found by bench/fuzz_readers.py). Only UnpicklingError naming a refused global is unsafe.
 PTH_ERRORS = (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, IndexError,
-              KeyError, TypeError, AttributeError, struct.error, OverflowError, MemoryError, RecursionError)
+              KeyError, TypeError, AttributeError, struct.error, OverflowError, MemoryError, RecursionError,
+              AssertionError)  # torch asserts on a malformed persistent id
 UNSAFE_RE = re.compile(r"GLOBAL|unsupported class|reduce for unrecognized", re.IGNORECASE)
 
 
