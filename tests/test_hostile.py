@@ -6,6 +6,7 @@ the same end to end. The corpus starts from bench/fuzz_readers.py's valid seed c
 seeded sample here, 10,000 cases per format by hand) covers what the named cases below do not.
 """
 import importlib.util
+import io
 import json
 import os
 import pickle
@@ -17,6 +18,7 @@ import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,20 @@ def non_tensor_values(f: Path):
     torch.save(sd, f)
 
 
+def malformed_persistent_id(f: Path):
+    """A pickle whose tensor reference is an int, not torch's tuple: torch.load asserts (found by the fuzz)."""
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return 5 if obj == "tensor" else None
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({"tok_embeddings.weight": "tensor"})
+    with zipfile.ZipFile(f) as z:
+        members = {m: z.read(m) for m in z.namelist()}
+    with zipfile.ZipFile(f, "w") as z:
+        for m, data in members.items():
+            z.writestr(m, buf.getvalue() if m.endswith("/data.pkl") else data)
+
+
 def drop(key):
     def damage(f: Path):
         sd = torch.load(f, weights_only=True)
@@ -230,6 +246,7 @@ CORPUS = {
     "pth-truncated-end": ("meta", PTH, truncate(-30), PTH),
     "pth-text-file": ("meta", PTH, write_text("not a pickle\n" * 100), PTH),
     "pth-not-tensors": ("meta", PTH, non_tensor_values, PTH),
+    "pth-malformed-persistent-id": ("meta", PTH, malformed_persistent_id, "corrupt"),
     "pth-embeddings-missing": ("meta", PTH, drop("tok_embeddings.weight"), "token_embd.weight"),
     "pth-shard-missing": ("meta-mp2", "consolidated.01.pth", unlink, "params.json"),
     "params-missing": ("meta", "params.json", unlink, "params.json"),
