@@ -52,7 +52,14 @@ def size(p: Path) -> int:
 
 
 def gguf_tensors_equal(a: Path, b: Path) -> str:
-    """'identical' when both files hold the same tensors (name, type, shape, bytes); else the first difference."""
+    """'identical' when both files hold the same tensors (name, type, shape, bytes); else the first difference.
+    Compared in a child process: reading both files through mappings would raise this process's RSS, and Linux
+    hands a parent's peak on to every child it starts afterwards, spoiling their RSS figures."""
+    r = subprocess.run([sys.executable, __file__, str(a), str(b)], capture_output=True, text=True)
+    return r.stdout.strip() or f"comparison failed: {r.stderr[-500:]}"
+
+
+def _compare(a: Path, b: Path) -> str:
     import numpy as np
     from gguf import GGUFReader
     ta = {t.name: t for t in GGUFReader(a).tensors}
@@ -72,3 +79,7 @@ def table(rows: list[list], head: list[str]):
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)), flush=True)
+
+
+if __name__ == "__main__":
+    print(_compare(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -118,6 +118,9 @@ def main():
         ("GGUF -> GGUF (as is)", gguf_file, OUT / "smollm2-q4_1.gguf", [], "gguf", "Q4_1"),
         ("HF f32 -> GGUF q8_0", OUT / "hf-f32", OUT / "smollm2-q8_0.gguf", ["--type", "q8_0"], "gguf", "Q8_0"),
         ("HF f32 -> GGUF q4_k_m", OUT / "hf-f32", OUT / "smollm2-q4_k_m.gguf", ["--type", "q4_k_m"], "gguf", "Q4_K_M"),
+        # compressed-tensors for GPUs: transformers loads them through the compressed-tensors package
+        ("HF bf16 -> HF int8", OUT / "hf-bf16", OUT / "hf-int8", ["--type", "int8"], "hf", "INT8"),
+        ("HF bf16 -> HF int4", OUT / "hf-bf16", OUT / "hf-int4", ["--type", "int4"], "hf", "INT4"),
     ]
     rows = [dict(label="GGUF (source)", type="Q4_1", path=gguf_file, runtime="transformers", logits=ref, secs=0.0)]
     for label, src, dst, extra, fmt, type_ in steps:

@@ -89,14 +89,15 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
                        mp=mp, split_max_size=split_max_size, file_type=preset[1].file_type if preset else None)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
-            for name, ref, t in jobs:
+            for (name, ref, t), src_data in _read_ahead(jobs):
                 note = ""
-                if t == ref.dtype and not dtypes.is_float(t) and ref.raw is not None:
-                    data = ref.raw()  # quantized bytes, untouched
+                if _passes_through(ref, t):
+                    data = src_data  # quantized bytes, untouched
                 elif dtypes.is_float(t):
-                    data = dtypes.cast(ref.load(), t)
+                    data = dtypes.cast(src_data, t)
                 else:
-                    data, note = _quantize(ref, t, w.name(name), default)
+                    data, note = _quantize(src_data, ref, t, w.name(name), default)
+                del src_data
                 w.write(name, data)
                 log.tensor(w.name(name), ref.shape, t, ref.nbytes, data.nbytes, note)
                 del data
@@ -107,10 +108,33 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
     return ck
 
 
-def _quantize(ref, t: str, name: str, float_dtype: str):
-    """The tensor as type t (ggml block bytes, or compressed-tensors' packed int8/int4 with scales in float_dtype),
+def _passes_through(ref, t: str) -> bool:
+    return t == ref.dtype and not dtypes.is_float(t) and ref.raw is not None
+
+
+def _read_ahead(jobs):
+    """(job, its source data) in order, the next tensor read on a second thread while the caller converts and
+    writes this one: at most two source tensors in memory. File reads and torch ops release the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+    from ..formats.common import map_large_allocations
+    map_large_allocations()
+
+    def read(job):
+        _, ref, t = job
+        return ref.raw() if _passes_through(ref, t) else ref.load()
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(read, jobs[0]) if jobs else None
+        for k, job in enumerate(jobs):
+            data = ahead.result()
+            ahead = pool.submit(read, jobs[k + 1]) if k + 1 < len(jobs) else None
+            yield job, data
+            del data
+
+
+def _quantize(x, ref, t: str, name: str, float_dtype: str):
+    """Tensor x as type t (ggml block bytes, or compressed-tensors' packed int8/int4 with scales in float_dtype),
     and the log note: its relative RMS error (and where it was requantized from)."""
-    x = ref.load().float()
+    x = x.float()
     scheme = compressed.get(t)
     if scheme:
         data = compressed.quantize(x, scheme, float_dtype)

@@ -77,6 +77,19 @@ def _libc():
 _LIBC = _libc() if os.name == "posix" else None
 
 
+_M_MMAP_THRESHOLD = -3
+
+
+def map_large_allocations(threshold: int = 1 << 20):
+    """Have glibc serve every allocation above `threshold` with its own mmap, returned to the OS when freed.
+
+    By default glibc raises that threshold to the size of the last large block freed and then carves later tensors
+    out of its heaps, where a second thread's heap (the read-ahead) fragments and RSS creeps up tensor by tensor.
+    """
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, threshold)
+
+
 def release_mapped(t: torch.Tensor):
     """Drop the resident pages of a tensor that views a read-only file mapping (torch.load(mmap=True)).
 
