@@ -139,7 +139,12 @@ def _fail(message: str, code: int) -> int:
 
 
 def entry():
-    sys.exit(run())
+    code = run()
+    # The outcome is decided and reported; a Ctrl-C during the interpreter's teardown (a second or so with torch
+    # loaded) would otherwise kill the process by SIGINT and hide a successful exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
