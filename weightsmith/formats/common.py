@@ -80,7 +80,7 @@ _LIBC = _libc() if os.name == "posix" else None
 _M_MMAP_THRESHOLD = -3
 
 
-def map_large_allocations(threshold: int = 1 << 20):
+def map_large_allocations(threshold: int = 8 << 20):
     """Have glibc serve every allocation above `threshold` with its own mmap, returned to the OS when freed.
 
     By default glibc raises that threshold to the size of the last large block freed and then carves later tensors
