@@ -100,18 +100,29 @@ def smol_tokenizer(tmp_path_factory):
     return d / "hf" / "tokenizer.json"
 
 
+@pytest.fixture(scope="module")
+def f32_gguf(built, tmp_path_factory, smol_tokenizer):
+    """The f32 GGUF every quantized conversion below is compared with, and llama.cpp's logits of it."""
+    import llamacpp
+    from conftest import cli
+    from oracles import TOKENS
+    out = tmp_path_factory.mktemp("f32") / "f32.gguf"
+    cli("convert", built.hf("llama3"), out, "--tokenizer", smol_tokenizer, "-q", check=0)
+    return out, llamacpp.logits(out, TOKENS[0])
+
+
 @pytest.mark.parametrize("type_name", list(types.REGISTRY))
-def test_convert_to_quantized_gguf(built, tmp_path, run_cli, smol_tokenizer, type_name):
+def test_convert_to_quantized_gguf(built, tmp_path, run_cli, smol_tokenizer, f32_gguf, type_name):
     """HF -> GGUF TYPE: every matrix is libggml's quantization of the same canonical f32 tensor, norms stay f32,
     and llama.cpp runs the file. (The tiny model's rows of 128 take the k-quants' substitutes.)"""
     import gguf
     import llamacpp
     from oracles import TOKENS
     src = built.hf("llama3")
-    run_cli("convert", src, tmp_path / "f32.gguf", "--tokenizer", smol_tokenizer, "-q", check=0)
+    f32, f32_logits = f32_gguf
     r = run_cli("convert", src, tmp_path / "q.gguf", "--type", type_name.lower(), "--tokenizer", smol_tokenizer, check=0)
     assert "rel rms err" in r.stdout
-    ref = {t.name: t for t in gguf.GGUFReader(tmp_path / "f32.gguf").tensors}
+    ref = {t.name: t for t in gguf.GGUFReader(f32).tensors}
     got = {t.name: t for t in gguf.GGUFReader(tmp_path / "q.gguf").tensors}
     assert sorted(ref) == sorted(got)
     for name, t in got.items():
@@ -122,7 +133,7 @@ def test_convert_to_quantized_gguf(built, tmp_path, run_cli, smol_tokenizer, typ
         want = ggml_ref.quantize(np.asarray(ref[name].data).reshape(-1, int(t.shape[0])), t.tensor_type.name)
         assert np.array_equal(np.asarray(t.data).reshape(want.shape), want), name
     assert {t.tensor_type.name for t in got.values()} & {type_name, *types.FALLBACK.values()}
-    kld = llamacpp.max_kld(llamacpp.logits(tmp_path / "f32.gguf", TOKENS[0]), llamacpp.logits(tmp_path / "q.gguf", TOKENS[0]))
+    kld = llamacpp.max_kld(f32_logits, llamacpp.logits(tmp_path / "q.gguf", TOKENS[0]))
     assert kld < 0.5  # a sanity bound: llama.cpp ran the quantized file and its logits still track the f32 file's
 
 
