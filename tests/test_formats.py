@@ -140,3 +140,15 @@ def test_tokenizer_files_carried(built, tmp_path, run_cli):
         assert (tmp_path / "out" / name).read_bytes() == (src / name).read_bytes()
     d = json.loads(run_cli("inspect", src, "--json", check=0).stdout)
     assert d["tokenizer_files"] == ["tokenizer.json", "tokenizer_config.json"]
+
+
+def test_inspect_reads_headers_without_importing_torch(built):
+    """inspect of HF and GGUF checkpoints reads headers only and never imports torch (over a second on its own)."""
+    import subprocess
+    import sys
+    from test_gguf_read import SMOL
+    code = ("import sys; from weightsmith.inspect import report; "
+            "[report(p) for p in sys.argv[1:]]; print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(built.hf("llama1")), str(SMOL)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

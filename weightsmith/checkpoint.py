@@ -1,9 +1,11 @@
 """What every reader returns: a config, tokenizer files and lazy tensors under canonical names."""
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
+from .lazy import torch
 
 from .config import ModelConfig
 from .convert import mapping

@@ -1,21 +1,21 @@
 """The one dtype table: weightsmith's type names (safetensors' spelling) <-> torch dtypes."""
-import torch
+from __future__ import annotations
 
 from .errors import BadInput, Unsupported
+from .lazy import torch
 
-# name -> torch dtype. The names are safetensors' and the log's ("type F16").
+# name -> (torch dtype's name, bytes per element). The names are safetensors' and the log's ("type F16").
 FLOAT_TYPES = {
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
 }
 # Integer tensors a checkpoint may also hold: compressed-tensors' packed int4/int8 weights and their shapes.
 INT_TYPES = {
-    "I32": torch.int32,
-    "I64": torch.int64,
+    "I32": ("int32", 4),
+    "I64": ("int64", 8),
 }
 STORAGE_TYPES = {**FLOAT_TYPES, **INT_TYPES}
-TYPE_BY_TORCH = {v: k for k, v in FLOAT_TYPES.items()}
 
 
 def is_float(name: str) -> bool:
@@ -23,22 +23,26 @@ def is_float(name: str) -> bool:
     return name in FLOAT_TYPES
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def _entry(name: str) -> tuple[str, int]:
     try:
         return STORAGE_TYPES[name]
     except KeyError:
         raise Unsupported(f"tensor type {name} is not supported (expected one of {', '.join(STORAGE_TYPES)})") from None
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, _entry(name)[0])
+
+
 def type_name(dtype: torch.dtype) -> str:
-    try:
-        return TYPE_BY_TORCH[dtype]
-    except KeyError:
-        raise BadInput(f"tensor dtype {dtype} is not a float type weightsmith reads (F32, F16, BF16)") from None
+    for name, (attr, _) in FLOAT_TYPES.items():
+        if getattr(torch, attr) == dtype:
+            return name
+    raise BadInput(f"tensor dtype {dtype} is not a float type weightsmith reads (F32, F16, BF16)")
 
 
 def itemsize(name: str) -> int:
-    return torch_dtype(name).itemsize
+    return _entry(name)[1]
 
 
 def cast(t: torch.Tensor, name: str) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Canonical q/k rows are Meta's interleaved rotary pairs (GGUF shares them). HF half-splits each head:
 HF row order within a head is [x0, x2, x4, ..., x1, x3, x5, ...] of Meta's [x0, x1, x2, x3, ...].
 """
-import torch
+from __future__ import annotations
+
+from ..lazy import torch
 
 from ..errors import BadInput
 

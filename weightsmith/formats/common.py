@@ -1,11 +1,13 @@
 """Small pieces the format modules share: JSON files, tensor bytes, file copies, the writer plan."""
+from __future__ import annotations
+
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from ..lazy import torch
 
 from ..errors import BadInput
 

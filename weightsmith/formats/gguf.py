@@ -4,13 +4,15 @@ GGUF lists dims innermost-first; everything past this module sees PyTorch order.
 the canonical interleaved rope order (llama.cpp's converter permutes HF's), so no relayout happens here.
 Quantized tensors are dequantized by gguf-py for float targets.
 """
+from __future__ import annotations
+
 import mmap
 import re
 import struct
 from pathlib import Path
 
 import numpy as np
-import torch
+from ..lazy import torch
 
 from .. import dtypes
 from ..checkpoint import Checkpoint, TensorRef, numel, order

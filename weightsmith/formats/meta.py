@@ -3,6 +3,8 @@
 .pth files are pickles: they are opened only with torch.load(weights_only=True, mmap=True), which refuses any
 pickle that would run code, and maps tensor bytes instead of reading them.
 """
+from __future__ import annotations
+
 import hashlib
 import os
 import pickle
@@ -12,7 +14,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
-import torch
+from ..lazy import torch
 
 from .. import dtypes
 from ..checkpoint import Checkpoint, TensorRef, numel, order

@@ -4,13 +4,15 @@ pages read do not stay resident), and the header for a streaming writer.
 Layout: u64 little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets: [b, e]},
 "__metadata__": {...}}, then the data; offsets are relative to the end of the header.
 """
+from __future__ import annotations
+
 import json
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from ..lazy import torch
 
 from .. import dtypes
 from ..checkpoint import numel

@@ -8,10 +8,12 @@ Symmetric: scale = amax / ((qmax - qmin) / 2), q = round(clamp(w / scale, qmin, 
 scale's dtype, exactly as compressed-tensors' calculate_qparams and quantize compute them.
 Only the transformer blocks' matrices are quantized; embeddings, norms and lm_head stay float.
 """
+from __future__ import annotations
+
 import re
 from dataclasses import dataclass
 
-import torch
+from ..lazy import torch
 
 from .. import dtypes
 from ..errors import BadInput, Unsupported
