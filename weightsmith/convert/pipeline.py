@@ -138,7 +138,7 @@ def _quantize(x, ref, t: str, name: str, float_dtype: str):
     scheme = compressed.get(t)
     if scheme:
         data = compressed.quantize(x, scheme, float_dtype)
-        err = ((compressed.dequantize(data.packed, data.scale, scheme) - x).norm() / x.norm().clamp(min=1e-30)).item()
+        err = quant.relative_error(compressed.dequantize(data.packed, data.scale, scheme), x)
     else:
         data, err = quant.quantize_with_error(x, t, name)
     note = f" | rel rms err {err:.2%}"

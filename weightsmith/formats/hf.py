@@ -197,8 +197,7 @@ class Writer:
             module = self.name(canonical).removesuffix(".weight")
             kind = module.split(".", 3)[-1]  # model.layers.N.self_attn.q_proj -> self_attn.q_proj
             self.quantized.setdefault(compressed.group_size(self.scheme, t.shape[1]), set()).add(kind)
-            parts = [t.packed, t.scale, t.parts()["weight_shape"]]
-            parts[:2] = [layout.rope_to_hf(p, heads) if heads else p for p in parts[:2]]
+            parts = [layout.rope_to_hf(p, heads) if heads and p.dim() == 2 else p for p in t.parts().values()]
         else:
             parts = [layout.rope_to_hf(t, heads) if heads else t]
         for p in parts:

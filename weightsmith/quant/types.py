@@ -90,8 +90,16 @@ def quantize_with_error(t: torch.Tensor, name: str, tensor_name: str = "tensor")
         return _squared_norms(back, b)
 
     sums = parallel_map(task, range(0, blocks.shape[0], step))
-    err = (sum(e for e, _ in sums) / max(sum(s for _, s in sums), 1e-300)) ** 0.5
-    return out.reshape(rows, -1).numpy(), err
+    return out.reshape(rows, -1).numpy(), _relative(sum(e for e, _ in sums), sum(s for _, s in sums))
+
+
+def relative_error(back: torch.Tensor, x: torch.Tensor) -> float:
+    """|back - x| / |x|, the figure the log prints for a quantized tensor."""
+    return _relative(*_squared_norms(back, x))
+
+
+def _relative(err2: float, norm2: float) -> float:
+    return (err2 / max(norm2, 1e-300)) ** 0.5
 
 
 def _squared_norms(back: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
