@@ -70,6 +70,10 @@ def _worker(rank, world, init_file, cmd, rest):
         _build(rank, world, init_file, rest[0], rest[1], int(rest[3]))
     else:
         _logits(rank, world, init_file, rest[0], rest[3], json.loads(rest[4]))
+    # every rank finishes together and closes gloo before exiting: a rank that exits while a peer's gloo thread still
+    # talks to it was seen to abort ("terminate called without an active exception", SIGABRT)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
