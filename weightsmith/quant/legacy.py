@@ -1,85 +1,193 @@
-"""ggml's legacy block types, 32 weights a block, vectorized over all blocks at once. Each function mirrors
-quantize_row_*_ref in ggml-quants.c step for step (float32 throughout), so the bytes are libggml's.
+"""ggml's legacy block types (32 weights a block) as numba kernels, each mirroring quantize_row_*_ref in
+ggml-quants.c step for step in float32, so the bytes are libggml's.
 
-Input: float32 [n_blocks, 32]. Output: uint8 [n_blocks, type_size], and the values those bytes dequantize to
-(float32 [n_blocks, 32], as ggml's dequantize_row_* computes them), for the log's error figure.
+Every kernel: (x float32 [n_blocks, 32], out uint8 [n_blocks, type_size]) -> (err2, norm2, bad): the float64 sums
+of (dequantized - x)^2 (dequantized as ggml's dequantize_row_* does it) and of x^2, and the flat index of the first
+NaN or Inf in x (-1 if none; the kernel stops there).
 """
-import torch
+import numpy as np
+from numba import njit
 
-from .rounding import c_trunc_add, f16, fp16_bytes, roundf
+from .cfloat import JIT, c_int, c_roundf, f32, int8, put_fp16
 
-
-def _signed_absmax(x: torch.Tensor) -> torch.Tensor:
-    """The value of largest magnitude, sign kept; the first one on ties (ggml's `if (amax < fabsf(v))` from +0.0).
-
-    From the row's max and min (fast reductions); only rows where +a and -a tie look up which comes first."""
-    hi, lo = x.amax(dim=1), x.amin(dim=1)
-    out = torch.where(hi >= -lo, hi, lo)
-    out = torch.where(out == 0, 0.0, out)  # an all-zero row gives +0.0 even when it holds -0.0s
-    ties = ((hi == -lo) & (hi != 0)).nonzero().squeeze(1)
-    if len(ties):
-        t = x[ties]
-        out[ties] = t.gather(1, t.abs().argmax(dim=1, keepdim=True)).squeeze(1)
-    return out
+SIGNATURE = "Tuple((float64, float64, int64))(float32[:, ::1], uint8[:, ::1])"
 
 
-def _inverse(d: torch.Tensor) -> torch.Tensor:
-    """ggml's `d ? 1.0f/d : 0.0f`."""
-    return torch.where(d != 0, 1.0 / d, 0.0)
+@njit(**JIT)
+def block_norm2(b):
+    """sum(b^2) in float64 (no float32 square overflows there): not finite exactly when b holds a NaN or Inf."""
+    s = 0.0
+    for j in range(b.shape[0]):
+        s += np.float64(b[j]) ** 2
+    return s
 
 
-def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
-    """Low nibble from the first half of the block, high nibble from the second: qs[j] = q[j] | q[j+16] << 4."""
-    half = q.shape[1] // 2
-    return ((q[:, :half] & 0x0F) | ((q[:, half:] & 0x0F) << 4)).to(torch.uint8)
+@njit(**JIT)
+def first_bad(x, i):
+    """The flat index of block i's first non-finite value."""
+    for j in range(x.shape[1]):
+        if not np.isfinite(x[i, j]):
+            return i * x.shape[1] + j
+    return -1
 
 
-def _high_bits(q: torch.Tensor) -> torch.Tensor:
-    """Bit 4 of each of the 32 values as one little-endian uint32: bit j of qh is bit 4 of q[j]."""
-    bits = ((q >> 4) & 1).to(torch.uint8).view(-1, 4, 8)
-    out = bits[..., 0].clone()
-    for j in range(1, 8):
-        out |= bits[..., j] << j
-    return out
+@njit(**JIT)
+def _signed_absmax(b):
+    """The value of largest magnitude, sign kept, the first one on ties (`if (amax < fabsf(v))` from 0)."""
+    amax = f32(0.0)
+    mx = f32(0.0)
+    for j in range(32):
+        if amax < abs(b[j]):
+            amax = abs(b[j])
+            mx = b[j]
+    return mx
 
 
-def q8_0(x: torch.Tensor):
-    d = x.abs().amax(dim=1) / 127
-    q = roundf(x * _inverse(d)[:, None])
-    return torch.cat([fp16_bytes(d), q.to(torch.int8).view(torch.uint8)], dim=1), f16(d)[:, None] * q
+@njit(**JIT)
+def _min_max(b):
+    lo = f32(3.4028234663852886e38)
+    hi = f32(-3.4028234663852886e38)
+    for j in range(32):
+        if b[j] < lo:
+            lo = b[j]
+        if b[j] > hi:
+            hi = b[j]
+    return lo, hi
 
 
-def q4_0(x: torch.Tensor):
-    d = _signed_absmax(x) / -8
-    q = c_trunc_add(x * _inverse(d)[:, None], 8.5).clamp(max=15)
-    return torch.cat([fp16_bytes(d), _pack_nibbles(q.to(torch.int32))], dim=1), f16(d)[:, None] * (q - 8)
+@njit(**JIT)
+def _inverse(d):
+    return f32(1.0) / d if d != f32(0.0) else f32(0.0)
 
 
-def _min_max(x: torch.Tensor, levels: int):
-    lo, hi = x.amin(dim=1), x.amax(dim=1)
-    d = (hi - lo) / levels
-    return lo, d, (x - lo[:, None]) * _inverse(d)[:, None]
+@njit(SIGNATURE, **JIT)
+def q8_0(x, out):
+    err2 = norm2 = 0.0
+    for i in range(x.shape[0]):
+        b, o = x[i], out[i]
+        n2 = block_norm2(b)
+        if not np.isfinite(n2):
+            return err2, norm2, first_bad(x, i)
+        norm2 += n2
+        amax = f32(0.0)
+        for j in range(32):
+            amax = amax if amax > abs(b[j]) else abs(b[j])
+        d = amax / f32(127.0)
+        inv = _inverse(d)
+        dq = put_fp16(o, 0, d)
+        for j in range(32):
+            q = int8(c_roundf(b[j] * inv))
+            o[2 + j] = q & 0xFF
+            err2 += (np.float64(f32(q) * dq) - b[j]) ** 2
+    return err2, norm2, -1
 
 
-def _with_min(d, lo, q):
-    return f16(d)[:, None] * q + f16(lo)[:, None]
+@njit(**JIT)
+def _nibbles_with_offset(b, o, k, inv, lo, offset):
+    """Q4_0/Q4_1's quants: MIN(15, (int8_t)((x - lo) * inv + offset)), the pair packed without masking the low
+    nibble, as the C does (only an infinite `inv` can make it exceed 15: cvttss2si's INT_MIN, low byte 0)."""
+    for j in range(16):
+        q0 = min(15, int8(c_int((b[j] - lo) * inv + offset))) & 0xFF
+        q1 = min(15, int8(c_int((b[j + 16] - lo) * inv + offset))) & 0xFF
+        o[k + j] = (q0 | (q1 << 4)) & 0xFF
 
 
-def q4_1(x: torch.Tensor):
-    lo, d, scaled = _min_max(x, 15)
-    q = c_trunc_add(scaled, 0.5).clamp(max=15)
-    return torch.cat([fp16_bytes(d), fp16_bytes(lo), _pack_nibbles(q.to(torch.int32))], dim=1), _with_min(d, lo, q)
+@njit(SIGNATURE, **JIT)
+def q4_0(x, out):
+    err2 = norm2 = 0.0
+    for i in range(x.shape[0]):
+        b, o = x[i], out[i]
+        n2 = block_norm2(b)
+        if not np.isfinite(n2):
+            return err2, norm2, first_bad(x, i)
+        norm2 += n2
+        d = _signed_absmax(b) / f32(-8.0)
+        dq = put_fp16(o, 0, d)
+        _nibbles_with_offset(b, o, 2, _inverse(d), f32(0.0), f32(8.5))
+        for j in range(16):
+            err2 += (np.float64(f32((o[2 + j] & 0xF) - 8) * dq) - b[j]) ** 2
+            err2 += (np.float64(f32((o[2 + j] >> 4) - 8) * dq) - b[j + 16]) ** 2
+    return err2, norm2, -1
 
 
-def q5_0(x: torch.Tensor):
-    d = _signed_absmax(x) / -16
-    q = c_trunc_add(x * _inverse(d)[:, None], 16.5).clamp(max=31)
-    qi = q.to(torch.int32)
-    return torch.cat([fp16_bytes(d), _high_bits(qi), _pack_nibbles(qi)], dim=1), f16(d)[:, None] * (q - 16)
+@njit(SIGNATURE, **JIT)
+def q4_1(x, out):
+    err2 = norm2 = 0.0
+    for i in range(x.shape[0]):
+        b, o = x[i], out[i]
+        n2 = block_norm2(b)
+        if not np.isfinite(n2):
+            return err2, norm2, first_bad(x, i)
+        norm2 += n2
+        lo, hi = _min_max(b)
+        d = (hi - lo) / f32(15.0)
+        dq = put_fp16(o, 0, d)
+        mq = put_fp16(o, 2, lo)
+        _nibbles_with_offset(b, o, 4, _inverse(d), lo, f32(0.5))
+        for j in range(16):
+            err2 += (np.float64(f32(o[4 + j] & 0xF) * dq + mq) - b[j]) ** 2
+            err2 += (np.float64(f32(o[4 + j] >> 4) * dq + mq) - b[j + 16]) ** 2
+    return err2, norm2, -1
 
 
-def q5_1(x: torch.Tensor):
-    lo, d, scaled = _min_max(x, 31)
-    q = c_trunc_add(scaled, 0.5)
-    qi = q.to(torch.int32)
-    return torch.cat([fp16_bytes(d), fp16_bytes(lo), _high_bits(qi), _pack_nibbles(qi)], dim=1), _with_min(d, lo, q)
+@njit(**JIT)
+def _five_bits(b, o, inv, lo, offset, signed):
+    """Q5_0/Q5_1's quants: low nibbles packed at o[6:22], bit 4 of value j as bit j of the uint32 at o[2:6].
+    Q5_0 takes MIN(31, (int8_t)(...)), Q5_1 (uint8_t)(...)."""
+    qh = 0
+    for j in range(16):
+        q0 = c_int((b[j] - lo) * inv + offset)
+        q1 = c_int((b[j + 16] - lo) * inv + offset)
+        if signed:
+            q0, q1 = min(31, int8(q0)), min(31, int8(q1))
+        q0 &= 0xFF
+        q1 &= 0xFF
+        o[6 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4)
+        qh |= ((q0 & 0x10) >> 4) << j
+        qh |= ((q1 & 0x10) >> 4) << (j + 16)
+    for k in range(4):
+        o[2 + k] = (qh >> (8 * k)) & 0xFF
+
+
+@njit(**JIT)
+def _five_bit_value(o, j, qh):
+    return (o[6 + j % 16] >> (4 * (j // 16)) & 0x0F) | (((qh >> j) & 1) << 4)
+
+
+@njit(SIGNATURE, **JIT)
+def q5_0(x, out):
+    err2 = norm2 = 0.0
+    for i in range(x.shape[0]):
+        b, o = x[i], out[i]
+        n2 = block_norm2(b)
+        if not np.isfinite(n2):
+            return err2, norm2, first_bad(x, i)
+        norm2 += n2
+        d = _signed_absmax(b) / f32(-16.0)
+        dq = put_fp16(o, 0, d)
+        _five_bits(b, o, _inverse(d), f32(0.0), f32(16.5), True)
+        qh = o[2] | (o[3] << 8) | (o[4] << 16) | (np.int64(o[5]) << 24)
+        for j in range(32):
+            err2 += (np.float64(f32(_five_bit_value(o, j, qh) - 16) * dq) - b[j]) ** 2
+    return err2, norm2, -1
+
+
+@njit(SIGNATURE, **JIT)
+def q5_1(x, out):
+    err2 = norm2 = 0.0
+    for i in range(x.shape[0]):
+        b, o = x[i], out[i]
+        n2 = block_norm2(b)
+        if not np.isfinite(n2):
+            return err2, norm2, first_bad(x, i)
+        norm2 += n2
+        lo, hi = _min_max(b)
+        d = (hi - lo) / f32(31.0)
+        dq = put_fp16(o, 0, d)
+        mq = put_fp16(o, 2, lo)
+        # Q5_1's layout is d, m, qh, qs: the same offsets as Q5_0's shifted by the 2 bytes of m
+        _five_bits(b, o[2:], _inverse(d), lo, f32(0.5), False)
+        qh = o[4] | (o[5] << 8) | (o[6] << 16) | (np.int64(o[7]) << 24)
+        for j in range(32):
+            err2 += (np.float64(f32(_five_bit_value(o[2:], j, qh)) * dq + mq) - b[j]) ** 2
+    return err2, norm2, -1

@@ -1,20 +1,23 @@
 """The quantized types weightsmith writes: block geometry (from gguf-py's table, the one ggml uses) and the
-quantizer for each. Dequantization is gguf-py's."""
+numba kernel for each (legacy.py, kquants.py). Dequantization is gguf-py's."""
+import importlib
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import BadInput, Unsupported
-from . import kquants, legacy
 
 
 @dataclass(frozen=True)
 class QuantType:
     name: str
-    # float32 [n, block] -> (uint8 [n, type_size], float32 [n, block] those bytes dequantize to)
-    quantize_blocks: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    module: str  # the kernel is weightsmith.quant.<module>.<name in lower case>, imported (compiled) on first use
+
+    @property
+    def kernel(self):
+        """(x float32 [n_blocks, block], out uint8 [n_blocks, type_size]) -> (err2, norm2, first bad index or -1)"""
+        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.name.lower())
 
     @property
     def block(self) -> int:
@@ -31,14 +34,14 @@ def _sizes(name: str) -> tuple[int, int]:
 
 
 REGISTRY = {t.name: t for t in [
-    QuantType("Q8_0", legacy.q8_0),
-    QuantType("Q4_0", legacy.q4_0),
-    QuantType("Q4_1", legacy.q4_1),
-    QuantType("Q5_0", legacy.q5_0),
-    QuantType("Q5_1", legacy.q5_1),
-    QuantType("Q4_K", kquants.q4_k),
-    QuantType("Q5_K", kquants.q5_k),
-    QuantType("Q6_K", kquants.q6_k),
+    QuantType("Q8_0", "legacy"),
+    QuantType("Q4_0", "legacy"),
+    QuantType("Q4_1", "legacy"),
+    QuantType("Q5_0", "legacy"),
+    QuantType("Q5_1", "legacy"),
+    QuantType("Q4_K", "kquants"),
+    QuantType("Q5_K", "kquants"),
+    QuantType("Q6_K", "kquants"),
 ]}
 
 
@@ -61,7 +64,7 @@ def get(name: str) -> QuantType:
         raise Unsupported(f"quantized type {name} is not one weightsmith writes ({', '.join(REGISTRY)})") from None
 
 
-CHUNK = 1 << 18  # values per task: small enough to stay in cache, large enough to amortize torch's per-op cost
+CHUNK = 1 << 18  # values per task: a float32 slice (1 MB) stays in cache, and tasks are many enough to balance cores
 
 
 def quantize(t: torch.Tensor, name: str, tensor_name: str = "tensor") -> np.ndarray:
@@ -72,37 +75,70 @@ def quantize(t: torch.Tensor, name: str, tensor_name: str = "tensor") -> np.ndar
 def quantize_with_error(t: torch.Tensor, name: str, tensor_name: str = "tensor") -> tuple[np.ndarray, float]:
     """quantize(), plus the relative RMS error of the values the bytes dequantize to."""
     qt = get(name)
-    x = t.to(torch.float32).contiguous()
-    rows, n = x.reshape(-1, x.shape[-1]).shape
+    x = t.reshape(-1, t.shape[-1])
+    out = np.empty((x.shape[0], x.shape[1] // qt.block * qt.type_size), dtype=np.uint8)
+    return out, relative(*quantize_into(x, name, out, tensor_name))
+
+
+def quantize_into(x: torch.Tensor, name: str, out: np.ndarray, tensor_name: str = "tensor") -> tuple[float, float]:
+    """Rows x [rows, n] (any float dtype) as type `name`'s bytes, written into out (uint8 [rows, n / block *
+    type_size], C-contiguous); returns |dequantized - x|^2 and |x|^2 (float64) for the relative error.
+
+    Converted to float32 slice by slice, in the worker threads: a float32 copy of the whole matrix never exists."""
+    qt = get(name)
+    rows, n = x.shape
     if n % qt.block:
         raise BadInput(f"{tensor_name}: row length {n} is not a multiple of {name}'s block of {qt.block}")
-    blocks = x.reshape(-1, qt.block)
-    out = torch.empty(blocks.shape[0], qt.type_size, dtype=torch.uint8)
-    step = max(CHUNK // qt.block, 1)
+    if out.dtype != np.uint8 or out.shape != (rows, n // qt.block * qt.type_size) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous uint8 {(rows, n // qt.block * qt.type_size)}, "
+                         f"not {out.dtype} {out.shape}")
+    kernel, block = qt.kernel, qt.block
+    blocks = out.reshape(-1, qt.type_size)
+    floats = _float32_slices(x.contiguous().reshape(-1))
+    step = max(CHUNK // block, 1)
 
-    def task(i):  # one slice of blocks: its bytes into `out`, its squared error and squared norm (float64)
-        b = blocks[i:i + step]
-        if not torch.isfinite(b).all():  # checked here, where the slice is in cache
-            bad = (~torch.isfinite(x.reshape(rows, n))).nonzero()[0].tolist()
-            raise BadInput(f"{tensor_name}: holds NaN or Inf (first at index {bad}); refusing to quantize it")
-        q, back = qt.quantize_blocks(b)
-        out[i:i + step] = q
-        return _squared_norms(back, b)
+    def task(b0):
+        b1 = min(b0 + step, blocks.shape[0])
+        err2, norm2, bad = kernel(floats(b0 * block, b1 * block).reshape(-1, block), blocks[b0:b1])
+        return err2, norm2, b0 * block + bad if bad >= 0 else -1
 
     sums = parallel_map(task, range(0, blocks.shape[0], step))
-    return out.reshape(rows, -1).numpy(), _relative(sum(e for e, _ in sums), sum(s for _, s in sums))
+    bad = [b for _, _, b in sums if b >= 0]
+    if bad:  # each slice stops at its first; the first slice's is the matrix's
+        raise BadInput(f"{tensor_name}: holds NaN or Inf (first at index {list(divmod(min(bad), n))}); "
+                       "refusing to quantize it")
+    return sum(e for e, _, _ in sums), sum(s for _, s, _ in sums)
+
+
+def _float32_slices(flat: torch.Tensor):
+    """(start, stop) -> flat[start:stop] as a float32 numpy array: a view of float32, widened from bf16/f16 by a
+    numba kernel (no torch op in the worker threads), cast by torch for anything else."""
+    if flat.dtype == torch.float32:
+        a = flat.numpy()
+        return lambda s0, s1: a[s0:s1]
+    if flat.dtype in (torch.bfloat16, torch.float16):
+        from .cfloat import widen
+        bits, bf16 = flat.view(torch.int16).numpy().view(np.uint16), flat.dtype == torch.bfloat16
+
+        def widened(s0, s1):
+            dst = np.empty(s1 - s0, np.float32)
+            widen(bits[s0:s1], dst, bf16)
+            return dst
+        return widened
+    return lambda s0, s1: flat[s0:s1].to(torch.float32).numpy()
 
 
 def relative_error(back: torch.Tensor, x: torch.Tensor) -> float:
     """|back - x| / |x|, the figure the log prints for a quantized tensor."""
-    return _relative(*_squared_norms(back, x))
+    return relative(*squared_norms(back, x))
 
 
-def _relative(err2: float, norm2: float) -> float:
+def relative(err2: float, norm2: float) -> float:
+    """The relative RMS error from quantize_into's (or squared_norms') sums, summed over row chunks."""
     return (err2 / max(norm2, 1e-300)) ** 0.5
 
 
-def _squared_norms(back: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
+def squared_norms(back: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
     """|back - x|^2 and |x|^2: float32 norms (fast), in float64 where float32 squares could over- or underflow."""
     e, n = float(torch.dist(back, x)), float(torch.linalg.vector_norm(x))
     if not (1e-15 < n < 1e15 and e < 1e15):
@@ -112,21 +148,15 @@ def _squared_norms(back: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
 
 
 def parallel_map(fn, items) -> list:
-    """fn over items on all cores: threads (torch releases the GIL inside its ops) over single-threaded torch ops,
-    so no core waits at an OpenMP barrier for another that the OS gave to someone else."""
+    """fn over items on all cores, in threads: the numba kernels release the GIL."""
     import os
     from concurrent.futures import ThreadPoolExecutor
     items = list(items)
     workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     if workers <= 1:
         return [fn(i) for i in items]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(fn, items))
-    finally:
-        torch.set_num_threads(threads)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def dequantize(data: np.ndarray, name: str, shape) -> torch.Tensor:

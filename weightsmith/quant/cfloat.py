@@ -1,0 +1,116 @@
+"""C's float conversions as ggml compiles them on x86, for the numba kernels (legacy.py, kquants.py).
+
+Every float here is float32: numba promotes float32 op Python-float (and op int64) to float64, so constants are
+np.float32 and integers are converted with f32() before they meet a float. No fastmath: the kernels must do the
+same IEEE operations, in the same order, without FMA contraction, as libggml's reference C.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+JIT = dict(nogil=True, cache=True, error_model="numpy")  # "numpy": x/0 is inf or NaN as in C, not an exception
+f32 = np.float32
+INT_MIN = -(1 << 31)
+
+
+@intrinsic
+def _bits(typingctx, x):
+    """The bits of a float32 as int32."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _from_bits(typingctx, i):
+    """The float32 whose bits are the int32 i."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(**JIT)
+def nearest_int(v):
+    """ggml's nearest_int: the low mantissa bits of v + 1.5*2^23. Half to even for |v| < 2^22; beyond that (and
+    for NaN or inf, which ggml's scale searches do meet) the same garbage as the C, bit for bit."""
+    return (np.int64(_bits(v + f32(12582912.0))) & 0x007FFFFF) - 0x00400000
+
+
+@njit(**JIT)
+def c_int(v):
+    """(int)v as x86's cvttss2si computes it: truncation toward zero, INT_MIN when out of range or NaN."""
+    if v >= f32(-2147483648.0) and v < f32(2147483648.0):
+        return np.int64(v)
+    return INT_MIN
+
+
+@njit(**JIT)
+def c_roundf(v):
+    """(int)roundf(v): halves away from zero. v + copysign(0.49999997f, v) rounded once to float32 carries exactly
+    the fractions >= 0.5 into the next integer (an exact .5 lands halfway and rounds to the even, whole one); from
+    2^23 up every float is an integer and the add gives v back."""
+    return c_int(v + (f32(0.49999997) if v >= f32(0.0) else f32(-0.49999997)))
+
+
+@njit(**JIT)
+def int8(i):
+    """An int's low byte, read as int8 (C's conversion to int8_t)."""
+    return ((i & 0xFF) ^ 0x80) - 0x80
+
+
+@njit(**JIT)
+def fp16_bits(v):
+    """GGML_FP32_TO_FP16: round to nearest even, overflow to inf, NaN to 0x7E00 (sign kept), as uint16 bits."""
+    w = np.int64(_bits(v)) & 0xFFFFFFFF
+    sign = (w >> 16) & 0x8000
+    a = w & 0x7FFFFFFF
+    if a > 0x7F800000:
+        return sign | 0x7E00
+    if a >= 0x477FF000:  # 65520 and up round to inf
+        return sign | 0x7C00
+    if a >= 0x38800000:  # a normal half: rebias the exponent, round off 13 mantissa bits (a carry may reach inf)
+        a -= 0x38000000
+        return sign | ((a + 0xFFF + ((a >> 13) & 1)) >> 13)
+    if a < 0x33000000:  # below 2^-25 (and 2^-25 itself, a tie, goes to the even zero below)
+        return sign
+    m = (a & 0x7FFFFF) | 0x800000  # a subnormal half: m * 2^(e-150) in units of 2^-24 is m >> (126 - e)
+    s = 126 - (a >> 23)
+    q = m >> s
+    r = m & ((1 << s) - 1)
+    half = 1 << (s - 1)
+    if r > half or (r == half and q & 1):
+        q += 1
+    return sign | q
+
+
+@njit(**JIT)
+def fp16_value(h):
+    """GGML_FP16_TO_FP32 of uint16 bits h (exact)."""
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:
+        v = f32(m) * f32(2.0 ** -24)
+        return -v if h & 0x8000 else v
+    if e == 31:
+        bits = ((h & 0x8000) << 16) | 0x7F800000 | (m << 13)
+    else:
+        bits = ((h & 0x8000) << 16) | ((e + 112) << 23) | (m << 13)
+    return _from_bits(np.int32(bits))
+
+
+@njit(**JIT)
+def put_fp16(out, k, v):
+    """fp16 of v at out[k], out[k+1] (little-endian); returns the float32 it reads back as."""
+    h = fp16_bits(v)
+    out[k] = h & 0xFF
+    out[k + 1] = h >> 8
+    return fp16_value(h)
+
+
+@njit("void(uint16[::1], float32[::1], boolean)", **JIT)
+def widen(src, dst, bf16):
+    """16-bit floats (uint16 bits: bfloat16 when bf16, else IEEE half) to float32, exactly."""
+    for i in range(src.shape[0]):
+        h = np.int64(src[i])
+        dst[i] = _from_bits(np.int32(h << 16)) if bf16 else fp16_value(h)
