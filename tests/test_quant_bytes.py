@@ -31,11 +31,23 @@ def rows(kind: str, n_rows=64, n=512, seed=0) -> np.ndarray:
         x[7] = (np.arange(n) % 17 - 8).astype(np.float32) / 2  # exact halves after scaling
         x[8] *= 60000.0
         return x
+    if kind == "extreme":  # subnormal and near-FLT_MAX blocks: scales whose inverse overflows, fp16 under/overflow
+        x = g.uniform(-1, 1, (n_rows, n)).astype(np.float32)
+        for r, s in enumerate([1e-38, 3e-39, 1e-40, 1e-42, 1e-44, 1e-30, 3e38, 1e38, 6.6e4, 6e-8, 2.0 ** -127]):
+            x[r] *= np.float32(s)
+        x[11] = np.float32(3.4e38)
+        x[11, ::3] = np.float32(-3.4e38)
+        x[12] = np.float32(1.4e-45)
+        x[12, 1::2] = np.float32(-1.4e-45)
+        x[13] = -0.0
+        x[14] = np.float32(1e20)
+        x[14, 1::2] = np.float32(1e20 * (1 - 2 ** -22))
+        return x
     raise ValueError(kind)
 
 
 @pytest.mark.parametrize("type_name", list(types.REGISTRY))
-@pytest.mark.parametrize("kind", ["normal", "uniform", "heavy", "positive", "edge"])
+@pytest.mark.parametrize("kind", ["normal", "uniform", "heavy", "positive", "edge", "extreme"])
 def test_bytes_equal_libggml(type_name, kind):
     x = rows(kind)
     want = ggml_ref.quantize(x, type_name)
