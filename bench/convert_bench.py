@@ -5,7 +5,7 @@ heads, ffn 5632, vocab 32000, with a real Llama-2 SentencePiece tokenizer.model 
 - HF bf16 -> GGUF f16 and -> q8_0: weightsmith convert vs llama.cpp's convert_hf_to_gguf.py (from the sources in
   the llama-cpp-python sdist, with its own gguf-py). Targets: <= 0.25x its wall time, <= 0.5x its peak RSS.
 - f16 GGUF -> q4_k_m: weightsmith quantize vs llama-quantize (2 threads). Target: <= 1.5x, identical bytes.
-- inspect of the HF directory and of the GGUF: target < 1 s.
+- inspect of the HF directory, of the GGUF and of a GGUF with a 128K-token vocabulary: target < 1 s.
 - a plain copy of the same input bytes (shutil.copyfile of the shards) as the bandwidth yardstick.
 Output files are compared tensor by tensor. Files are read from the page cache after the first run (24 GB RAM).
 
@@ -121,7 +121,11 @@ def main():
     table(rows, ["job", "weightsmith s", "peer s", "time ratio", "ws RSS MB", "peer RSS MB (ratio)", "ws GB/s in",
                  "output tensors"])
     print("\n# inspect (wall time of the whole command, including Python start-up)")
-    for p in [hf, work / "ws-f16.gguf"]:
+    big = work / "big-vocab-128k.gguf"  # Llama 3's vocabulary size: 128256 tokens, 239616 merges, tiny tensors
+    if not big.exists():
+        import big_vocab_gguf
+        big_vocab_gguf.write(big)
+    for p in [hf, work / "ws-f16.gguf", big]:
         if p.exists():
             r = run([*WS, "inspect", p])
             print(f"{p.name}: {r['wall']:.2f} s", flush=True)

@@ -1,6 +1,7 @@
 """What every reader returns: a config, tokenizer files and lazy tensors under canonical names."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,7 +36,12 @@ class Checkpoint:
     info: dict = field(default_factory=dict)                        # format-specific facts for inspect
     integrity_check: Callable[[], None] | None = field(default=None, repr=False)  # e.g. Meta's checklist.chk md5s
     name: str | None = None                                         # the model's name, when the file says
-    vocab: object | None = None                                     # convert.tokenizer.Vocab read from the file (GGUF)
+    # the convert.tokenizer.Vocab the file holds (GGUF), built on first use of .vocab: inspect never needs it
+    read_vocab: Callable[[], object | None] | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def vocab(self) -> object | None:
+        return self.read_vocab() if self.read_vocab else None
 
     @property
     def n_params(self) -> int:

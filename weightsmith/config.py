@@ -304,4 +304,5 @@ def from_gguf_metadata(kv: dict, shapes: dict, source: str) -> ModelConfig:
         norm_eps=_f32(key("attention.layer_norm_rms_epsilon", NUM, 1e-5)),
         rope_theta=_f32(key("rope.freq_base", NUM, 10000.0)), rope_scaling=scaling,
         tied_embeddings="output.weight" not in shapes, max_seq_len=key("context_length", default=4096),
-        bos_token_id=kv.get("tokenizer.ggml.bos_token_id"), eos_token_id=kv.get("tokenizer.ggml.eos_token_id"))
+        bos_token_id=_get(kv, "tokenizer.ggml.bos_token_id", (int,), source, None),
+        eos_token_id=_get(kv, "tokenizer.ggml.eos_token_id", (int,), source, None))

@@ -1,15 +1,25 @@
-"""GGUF files (llama.cpp), read through gguf-py's memory-mapped GGUFReader.
+"""GGUF files (llama.cpp): the header read by one validating scan of our own, tensor data as views of a memory map.
 
 GGUF lists dims innermost-first; everything past this module sees PyTorch order. Llama q/k rows are already in
 the canonical interleaved rope order (llama.cpp's converter permutes HF's), so no relayout happens here.
 Quantized tensors are dequantized by gguf-py for float targets.
+
+Why not gguf-py's GGUFReader: it makes a numpy view of every item of every metadata array, so opening a file with a
+128K-token vocabulary (tokens, token types, 280K merges) takes seconds before anything is printed. The header has to
+be walked by us anyway, to check every count, length and offset against the file's size (gguf-py trusts them), so
+that walk, _scan, is the one parser of the header: it decodes scalar values and short arrays, keeps each longer array
+as where it lies in the file (_Array, decoded when asked: the vocabulary only when a conversion or verify uses it),
+and lists each tensor's type, shape and byte range, which become numpy views of the file's memory map. gguf-py still
+supplies the value and ggml types, block sizes, dequantization and the writer.
 """
 from __future__ import annotations
 
+import functools
 import mmap
 import re
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from ..lazy import torch
@@ -25,6 +35,7 @@ MAGIC = b"GGUF"
 # ggml types that never hold model weights: integers, f64, and the block types only matmuls use internally
 NOT_WEIGHTS = {"I8", "I16", "I32", "I64", "F64", "Q8_1", "Q8_K"}
 SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+SHORT_ARRAY = 16  # metadata arrays up to this long are decoded with the header (inspect prints them whole)
 
 
 def detect(path: Path) -> bool:
@@ -46,26 +57,86 @@ def split_files(path: Path) -> list[Path]:
     return files
 
 
-def _open(file: Path):
-    import gguf
-    _scan(file)
-    try:
-        return gguf.GGUFReader(file, "r")
-    except (ValueError, IndexError, KeyError, OverflowError) as e:  # what _scan does not check (duplicate names)
-        raise BadInput(f"{file}: corrupt GGUF ({type(e).__name__}: {e})") from None
+# ---- the header ---------------------------------------------------------------------------------------------
+# gguf-py's GGUFReader trusts the header: an array count of 2**60 past the end of the file makes it loop for ever,
+# and a tensor offset out of range surfaces as a numpy reshape error. _scan checks every count, length and offset
+# against the file's real size as it reads them.
 
-
-# ---- header validation ------------------------------------------------------------------------------------
-# gguf-py trusts the header: an array count of 2**60 past the end of the file makes it loop for ever, and a
-# tensor offset out of range surfaces as a numpy reshape error. _scan walks the same layout first, checking every
-# count, length and offset against the file's real size, so gguf-py only ever sees a well-formed header.
-
-VALUE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
-STRING, ARRAY, UINT32 = 8, 9, 4
 VERSIONS = (2, 3)
 MAX_DIMS = 4            # GGML_MAX_DIMS
 MIN_KV_BYTES = 8 + 4 + 1       # key length, value type, a one-byte value
 MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+_U64 = struct.Struct("<Q")
+
+
+@functools.cache
+def _gguf():
+    """gguf-py and its value type -> numpy dtype table (imported on first use: `import gguf` takes 0.2 s)."""
+    import gguf
+    return gguf, {t: np.dtype(d) for t, d in gguf.GGUFReader.gguf_scalar_to_np.items()}
+
+
+class _Array:
+    """A metadata array longer than SHORT_ARRAY items: where its items lie in the file, decoded by values()."""
+
+    def __init__(self, buf, file: Path, key: str, itype, count: int, start: int):
+        self.buf, self.file, self.key, self.itype, self.count, self.start = buf, file, key, itype, count, start
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"[{self.count} items]"
+
+    def values(self) -> list:
+        gguf, np_types = _gguf()
+        if self.itype != gguf.GGUFValueType.STRING:
+            return np.frombuffer(self.buf, np_types[self.itype], self.count, self.start).tolist()
+        return _strings(self.buf, self.start, self.count, self.file, self.key)
+
+
+def _strings(buf, pos: int, n: int, file, key: str) -> list[str]:
+    """n GGUF strings (u64 length + UTF-8 bytes) from pos; _scan has checked that they lie inside the file."""
+    unpack, out = _U64.unpack_from, []
+    try:
+        for _ in range(n):
+            k = unpack(buf, pos)[0]
+            out.append(str(buf[pos + 8:pos + 8 + k], "utf-8"))
+            pos += 8 + k
+    except UnicodeDecodeError:
+        raise BadInput(f"{file}: the value of {key} is not UTF-8 text") from None
+    return out
+
+
+def _strings_end(buf, pos: int, n: int) -> int:
+    """Where n GGUF strings from pos end, or -1 where one runs past the end of buf."""
+    unpack = _U64.unpack_from
+    try:
+        for _ in range(n):
+            pos += 8 + unpack(buf, pos)[0]
+    except (struct.error, OverflowError):
+        return -1
+    return pos if pos <= len(buf) else -1
+
+
+class TensorInfo(NamedTuple):
+    name: str
+    dims: tuple[int, ...]  # GGUF order, innermost first
+    qtype: object          # gguf.GGMLQuantizationType
+    start: int             # absolute byte offset of the data in the file
+    nbytes: int
+
+
+class Header:
+    """One GGUF file's header: key/values (scalars and short arrays decoded, longer arrays as _Array) and tensor
+    infos, with the file's memory map for what is read later."""
+
+    def __init__(self, file: Path, buf, kv: dict, tensors: list[TensorInfo]):
+        self.file, self.buf, self.kv, self.tensors = file, buf, kv, tensors
+
+    def metadata(self) -> dict:
+        """Every key/value decoded: arrays as lists (a vocabulary's strings too: O(vocabulary))."""
+        return {k: v.values() if isinstance(v, _Array) else v for k, v in self.kv.items()}
 
 
 class _Cursor:
@@ -85,126 +156,143 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return struct.unpack_from("<Q", self.buf, self.take(8, what))[0]
 
-    def text(self, what: str) -> str:
+    def text(self, what: str, utf8_error: str | None = None) -> str:
         n = self.u64(f"{what} length")
         start = self.take(n, what)
         try:
-            return bytes(self.buf[start:start + n]).decode("utf-8")
+            return str(self.buf[start:start + n], "utf-8")
         except UnicodeDecodeError:
-            raise BadInput(f"{self.file}: {what} at byte {start} is not UTF-8") from None
+            raise BadInput(f"{self.file}: {utf8_error or f'{what} at byte {start} is not UTF-8'}") from None
 
-    def skip_value(self, vtype: int, key: str):
-        if vtype in VALUE_SIZES:
-            self.take(VALUE_SIZES[vtype], f"value of {key}")
-        elif vtype == STRING:
-            self.take(self.u64(f"string length of {key}"), f"string value of {key}")
-        elif vtype == ARRAY:
-            itype, n = self.u32(f"array type of {key}"), self.u64(f"array length of {key}")
-            if itype in VALUE_SIZES:
-                self.take(n * VALUE_SIZES[itype], f"{n} array items of {key}")
-            elif itype == STRING:
-                self.take(0 if n * 8 <= len(self.buf) - self.pos else n * 8, f"{n} strings of {key}")
-                for _ in range(n):
-                    self.take(self.u64(f"a string length in {key}"), f"a string in {key}")
-            else:
-                raise BadInput(f"{self.file}: key {key} is an array of value type {itype}, which GGUF does not have "
-                               f"(nested arrays are not supported)")
-        else:
+    def value(self, vtype: int, key: str):
+        """The value of key: a Python scalar, str or list, or an _Array for an array longer than SHORT_ARRAY."""
+        gguf, np_types = _gguf()
+        V = gguf.GGUFValueType
+        not_utf8 = f"the value of {key} is not UTF-8 text"
+        if vtype in np_types:
+            dt = np_types[vtype]
+            return np.frombuffer(self.buf, dt, 1, self.take(dt.itemsize, f"value of {key}"))[0].item()
+        if vtype == V.STRING:
+            return self.text(f"string value of {key}", not_utf8)
+        if vtype != V.ARRAY:
             raise BadInput(f"{self.file}: key {key} has value type {vtype}, which GGUF does not have")
+        itype, n = self.u32(f"array type of {key}"), self.u64(f"array length of {key}")
+        start = self.pos
+        if itype in np_types:
+            self.take(n * np_types[itype].itemsize, f"{n} array items of {key}")
+        elif itype == V.STRING:
+            self.take(0 if n * 8 <= len(self.buf) - self.pos else n * 8, f"{n} strings of {key}")
+            end = _strings_end(self.buf, start, n)
+            if end < 0:
+                raise BadInput(f"{self.file}: the {n} strings of {key} from byte {start} run past the end of the "
+                               f"file ({len(self.buf)} bytes): truncated or corrupt")
+            self.pos = end
+        else:
+            raise BadInput(f"{self.file}: key {key} is an array of value type {itype}, which GGUF does not have "
+                           f"(nested arrays are not supported)")
+        arr = _Array(self.buf, self.file, key, V(itype), n, start)
+        if n > SHORT_ARRAY:
+            return arr
+        if itype == V.STRING:
+            return _strings(self.buf, start, n, self.file, key)
+        return arr.values()
 
 
-def _scan(file: Path):
-    import gguf
+def _scan(file: Path) -> Header:
+    gguf, _ = _gguf()
     size = file.stat().st_size
     if size < 24:
         raise BadInput(f"{file}: too short to be a GGUF file ({size} bytes)")
-    with open(file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        c = _Cursor(buf, file)
-        if buf[:4] != MAGIC:
-            raise BadInput(f"{file}: not a GGUF file (bad magic)")
-        c.take(4, "magic")
-        version = c.u32("version")
-        if version not in VERSIONS:
-            raise BadInput(f"{file}: GGUF version {version} (big-endian or unknown); weightsmith reads little-endian "
-                           f"versions {' and '.join(map(str, VERSIONS))}")
-        n_tensors, n_kv = c.u64("tensor count"), c.u64("key/value count")
-        if n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_BYTES > size - c.pos:
-            raise BadInput(f"{file}: header claims {n_tensors} tensors and {n_kv} key/values, more than a file of "
-                           f"{size} bytes can hold: truncated or corrupt")
-        alignment = 32  # GGUF_DEFAULT_ALIGNMENT
-        for i in range(n_kv):
-            key = c.text(f"name of key/value {i}")
-            vtype = c.u32(f"value type of {key}")
-            if key == "general.alignment":
-                alignment = struct.unpack_from("<I", buf, c.pos)[0] if c.pos + 4 <= size else 0
-                if vtype != UINT32 or alignment == 0 or alignment & (alignment - 1):
-                    raise BadInput(f"{file}: general.alignment must be a uint32 power of two")
-            c.skip_value(vtype, key)
-        infos = []
-        for i in range(n_tensors):
-            name = c.text(f"name of tensor {i}")
-            n_dims = c.u32(f"dimension count of tensor {name}")
-            if n_dims > MAX_DIMS:
-                raise BadInput(f"{file}: tensor {name} has {n_dims} dimensions; GGUF allows at most {MAX_DIMS}")
-            dims = [c.u64(f"dimensions of tensor {name}") for _ in range(n_dims)]
-            infos.append((name, dims, c.u32(f"type of tensor {name}"), c.u64(f"data offset of tensor {name}")))
-        data_start = c.pos + (-c.pos % alignment)
-        spans = []
-        for name, dims, ttype, offset in infos:
-            try:
-                qtype = gguf.GGMLQuantizationType(ttype)
-            except ValueError:
-                raise BadInput(f"{file}: tensor {name} has type {ttype}, which ggml does not have") from None
-            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            if dims and dims[0] % block:
-                raise BadInput(f"{file}: tensor {name}: rows of {dims[0]} values are not whole {qtype.name} blocks "
-                               f"of {block}")
-            nbytes = numel(dims) // block * type_size
-            start = data_start + offset
-            if offset % alignment or start + nbytes > size:
-                raise BadInput(f"{file}: tensor {name}: bytes [{start}, {start + nbytes}) are misaligned or lie "
-                               f"beyond the end of the file ({size} bytes): truncated or corrupt")
-            spans.append((start, start + nbytes, name))
-        spans.sort()
-        for (_, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
-            if s1 < e0 and e1 > s1:
-                raise BadInput(f"{file}: tensors {n0} and {n1} overlap in the file")
-
-
-def metadata(reader, file="GGUF file") -> dict:
-    kv = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
+    with open(file, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # kept open: tensor data and _Arrays read it later
+    size = len(buf)
+    c = _Cursor(buf, file)
+    if buf[:4] != MAGIC:
+        raise BadInput(f"{file}: not a GGUF file (bad magic)")
+    c.take(4, "magic")
+    version = c.u32("version")
+    if version not in VERSIONS:
+        raise BadInput(f"{file}: GGUF version {version} (big-endian or unknown); weightsmith reads little-endian "
+                       f"versions {' and '.join(map(str, VERSIONS))}")
+    n_tensors, n_kv = c.u64("tensor count"), c.u64("key/value count")
+    if n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_BYTES > size - c.pos:
+        raise BadInput(f"{file}: header claims {n_tensors} tensors and {n_kv} key/values, more than a file of "
+                       f"{size} bytes can hold: truncated or corrupt")
+    header = Header(file, buf, {}, [])
+    kv = header.kv
+    for i in range(n_kv):
+        key = c.text(f"name of key/value {i}")
+        if key in kv:
+            raise BadInput(f"{file}: key {key} appears twice")
+        vtype = c.u32(f"value type of {key}")
+        kv[key] = c.value(vtype, key)
+        if key == gguf.Keys.General.ALIGNMENT and (vtype != gguf.GGUFValueType.UINT32 or kv[key] == 0
+                                                   or kv[key] & (kv[key] - 1)):
+            raise BadInput(f"{file}: general.alignment must be a uint32 power of two")
+    alignment = kv.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT)
+    infos = []
+    for i in range(n_tensors):
+        name = c.text(f"name of tensor {i}")
+        n_dims = c.u32(f"dimension count of tensor {name}")
+        if n_dims > MAX_DIMS:
+            raise BadInput(f"{file}: tensor {name} has {n_dims} dimensions; GGUF allows at most {MAX_DIMS}")
+        dims = tuple(c.u64(f"dimensions of tensor {name}") for _ in range(n_dims))
+        infos.append((name, dims, c.u32(f"type of tensor {name}"), c.u64(f"data offset of tensor {name}")))
+    data_start = c.pos + (-c.pos % alignment)
+    names = set()
+    for name, dims, ttype, offset in infos:
+        if name in names:
+            raise BadInput(f"{file}: tensor {name} appears twice")
+        names.add(name)
         try:
-            v = field.contents()
-        except UnicodeDecodeError:
-            raise BadInput(f"{file}: the value of {name} is not UTF-8 text") from None
-        kv[name] = v.tolist() if isinstance(v, np.ndarray) else v
-    return kv
+            qtype = gguf.GGMLQuantizationType(ttype)
+        except ValueError:
+            raise BadInput(f"{file}: tensor {name} has type {ttype}, which ggml does not have") from None
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if block > 1 and (not dims or dims[0] % block):
+            raise BadInput(f"{file}: tensor {name}: rows of {dims[0] if dims else 'no'} values are not whole "
+                           f"{qtype.name} blocks of {block}")
+        if any(d >= 2**63 for d in dims):
+            raise BadInput(f"{file}: tensor {name} has a dimension of {max(dims)}: corrupt")
+        nbytes = numel(dims) // block * type_size
+        start = data_start + offset
+        if offset % alignment or start + nbytes > size:
+            raise BadInput(f"{file}: tensor {name}: bytes [{start}, {start + nbytes}) are misaligned or lie "
+                           f"beyond the end of the file ({size} bytes): truncated or corrupt")
+        header.tensors.append(TensorInfo(name, dims, qtype, start, nbytes))
+    spans = sorted((t.start, t.start + t.nbytes, t.name) for t in header.tensors)
+    for (_, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0 and e1 > s1:
+            raise BadInput(f"{file}: tensors {n0} and {n1} overlap in the file")
+    return header
+
+
+def metadata(file) -> dict:
+    """A GGUF file's key/values, every one decoded (arrays as lists)."""
+    return _scan(Path(file)).metadata()
 
 
 def read(path: Path) -> Checkpoint:
     files = split_files(path)
-    readers = [_open(f) for f in files]
-    kv = metadata(readers[0], files[0])
+    headers = [_scan(f) for f in files]
+    kv = headers[0].kv  # long arrays undecoded: nothing here reads a vocabulary
     refs: dict[str, TensorRef] = {}
     rope_freqs = None
-    for file, reader in zip(files, readers):
-        for t in reader.tensors:
-            if t.tensor_type.name in NOT_WEIGHTS:
-                raise BadInput(f"{file}: tensor {t.name} has type {t.tensor_type.name}, which is not a weight type "
+    for h in headers:
+        for t in h.tensors:
+            if t.qtype.name in NOT_WEIGHTS:
+                raise BadInput(f"{h.file}: tensor {t.name} has type {t.qtype.name}, which is not a weight type "
                                f"(float or ggml quantized)")
             name = mapping.lookup("canonical", t.name)
             if name is None:
                 if t.name == "rope_freqs.weight":
-                    rope_freqs = _Loader(t, (int(t.n_elements),), file)
+                    rope_freqs = _Loader(h, t, (numel(t.dims),))
                 continue
             if t.name in refs:
-                raise BadInput(f"{file}: tensor {t.name} appears twice")
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            loader = _Loader(t, shape, file)
-            refs[t.name] = TensorRef(t.name, t.name, shape, t.tensor_type.name, int(t.n_bytes), loader, loader.raw)
+                raise BadInput(f"{h.file}: tensor {t.name} appears twice")
+            shape = tuple(reversed(t.dims))
+            loader = _Loader(h, t, shape)
+            refs[t.name] = TensorRef(t.name, t.name, shape, t.qtype.name, t.nbytes, loader, loader.raw)
     shapes = {k: r.shape for k, r in refs.items()}
     cfg = from_gguf_metadata(kv, shapes, str(path))
     check_shapes(cfg, shapes, lambda c: c, str(path))  # first: the rope check below allocates head_dim values
@@ -212,35 +300,41 @@ def read(path: Path) -> Checkpoint:
         cfg.rope_scaling = layout.llama3_scaling_from_factors(rope_freqs(), cfg.head_dim, cfg.rope_theta)
         if cfg.rope_scaling is None:  # never drop scaling silently: the model would be wrong past 8K tokens
             raise Unsupported(f"{path}: rope_freqs.weight matches no Llama 3.x rope scaling weightsmith knows")
-    summary = {k: (f"[{len(v)} items]" if isinstance(v, list) and len(v) > 16 else v) for k, v in kv.items()}
+    summary = {k: (f"[{len(v)} items]" if isinstance(v, (list, _Array)) and len(v) > 16 else v)
+               for k, v in kv.items()}
     return Checkpoint(format="gguf", path=path, config=cfg, tensors=order(refs, cfg),
                       info={"files": [f.name for f in files], "metadata": summary},
-                      vocab=tokenizer.from_gguf(kv, str(path)), name=kv.get("general.name"))
+                      read_vocab=lambda: tokenizer.from_gguf(headers[0].metadata(), str(path)),
+                      name=kv.get("general.name") if isinstance(kv.get("general.name"), str) else None)
 
 
 class _Loader:
-    def __init__(self, t, shape, file):
-        self.t, self.shape, self.file = t, shape, file
+    def __init__(self, header: Header, t: TensorInfo, shape):
+        self.header, self.t, self.shape = header, t, shape
+
+    def _bytes(self) -> np.ndarray:
+        return np.frombuffer(self.header.buf, np.uint8, self.t.nbytes, self.t.start)
 
     def __call__(self) -> torch.Tensor:
-        import gguf
-        t, qtype = self.t, self.t.tensor_type
+        gguf, _ = _gguf()
+        t, data = self.t, self._bytes()
         try:
-            if qtype == gguf.GGMLQuantizationType.BF16:
-                out = torch.from_numpy(np.array(t.data).view(np.int16)).view(torch.bfloat16)
-            elif dtypes.is_float(qtype.name):
-                out = torch.from_numpy(np.array(t.data))
+            if dtypes.is_float(t.qtype.name):
+                out = torch.from_numpy(data.copy()).view(dtypes.torch_dtype(t.qtype.name))
             else:
-                out = torch.from_numpy(gguf.quants.dequantize(t.data, qtype))
+                rows = gguf.quants.quant_shape_to_byte_shape(tuple(reversed(t.dims)), t.qtype)
+                out = torch.from_numpy(gguf.quants.dequantize(data.reshape(rows), t.qtype))
         except NotImplementedError:
-            raise Unsupported(f"{self.file}: tensor {t.name} has type {qtype.name}, which gguf-py cannot dequantize") from None
-        release_mapped_range(t.data.ctypes.data, t.data.nbytes)
+            raise Unsupported(f"{self.header.file}: tensor {t.name} has type {t.qtype.name}, which gguf-py cannot "
+                              f"dequantize") from None
+        release_mapped_range(data.ctypes.data, data.nbytes)
         return out.reshape(self.shape)
 
     def raw(self) -> np.ndarray:
         """The stored bytes, for passing a quantized tensor through to a GGUF file untouched."""
-        out = np.array(self.t.data).reshape(-1).view(np.uint8)
-        release_mapped_range(self.t.data.ctypes.data, self.t.data.nbytes)
+        data = self._bytes()
+        out = data.copy()
+        release_mapped_range(data.ctypes.data, data.nbytes)
         return out
 
 
