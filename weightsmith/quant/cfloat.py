@@ -9,7 +9,18 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-JIT = dict(nogil=True, cache=True, error_model="numpy")  # "numpy": x/0 is inf or NaN as in C, not an exception
+
+def _cacheable() -> bool:
+    """Whether numba has somewhere to cache compiled kernels: __pycache__ here, else the user's cache directory
+    (or NUMBA_CACHE_DIR). Without one, cache=True fails at decoration; then kernels compile in every process."""
+    try:
+        njit(cache=True)(_cacheable)
+        return True
+    except RuntimeError:
+        return False
+
+
+JIT = dict(nogil=True, cache=_cacheable(), error_model="numpy")  # "numpy": x/0 is inf or NaN as in C, not raising
 f32 = np.float32
 INT_MIN = -(1 << 31)
 
