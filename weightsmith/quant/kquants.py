@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from .cfloat import JIT, f32, fp16_value, int8, nearest_int, put_fp16
-from .legacy import SIGNATURE, block_norm2, first_bad
+from .legacy import SIGNATURE, block_err2, block_norm2, first_bad
 
 GROUP_MAX_EPS = f32(1e-15)
 
@@ -83,6 +83,7 @@ def _k4(b, o, L, nmax, rmin, nstep):
     mins = np.empty(8, np.float32)
     w = np.empty(32, np.float32)
     Laux = np.empty(32, np.int64)
+    back = np.empty(256, np.float32)
     max_scale = max_min = f32(0.0)
     for j in range(8):
         g = b[32 * j:32 * j + 32]
@@ -110,7 +111,6 @@ def _k4(b, o, L, nmax, rmin, nstep):
         o[12 + j] = (ls[j + 4] & 0xF) | ((lm[j + 4] & 0xF) << 4)
     d = put_fp16(o, 0, max_scale / f32(63.0))
     dmin = put_fp16(o, 2, max_min / f32(63.0))
-    err2 = 0.0
     for j in range(8):
         dj = d * f32(ls[j])
         mj = dmin * f32(lm[j])
@@ -118,8 +118,8 @@ def _k4(b, o, L, nmax, rmin, nstep):
             for i in range(32 * j, 32 * j + 32):
                 L[i] = max(0, min(nmax, nearest_int((b[i] + mj) / dj)))
         for i in range(32 * j, 32 * j + 32):
-            err2 += (np.float64(dj * f32(L[i]) - mj) - b[i]) ** 2  # dequantize_row_q*_K's d1 * q - m1
-    return err2
+            back[i] = dj * f32(L[i]) - mj  # dequantize_row_q*_K's d1 * q - m1
+    return block_err2(back, b)
 
 
 @njit(SIGNATURE, **JIT)
@@ -211,6 +211,7 @@ def q6_k(x, out):
     L = np.empty(256, np.int64)
     scales = np.empty(16, np.float32)
     sc = np.empty(16, np.int64)
+    back = np.empty(256, np.float32)
     err2 = norm2 = 0.0
     for i in range(x.shape[0]):
         b, o = x[i], out[i]
@@ -239,7 +240,8 @@ def q6_k(x, out):
                 for k in range(16 * g, 16 * g + 16):
                     L[k] = 32 + max(-32, min(31, nearest_int(b[k] / dg)))
             for k in range(16 * g, 16 * g + 16):
-                err2 += (np.float64(dg * f32(L[k] - 32)) - b[k]) ** 2  # dequantize_row_q6_K's d * sc * q
+                back[k] = dg * f32(L[k] - 32)  # dequantize_row_q6_K's d * sc * q
+        err2 += block_err2(back, b)
         for h in range(2):
             for l in range(32):
                 a, bb, c, e = L[128 * h + l], L[128 * h + l + 32], L[128 * h + l + 64], L[128 * h + l + 96]
