@@ -300,7 +300,7 @@ def read(path: Path) -> Checkpoint:
         cfg.rope_scaling = layout.llama3_scaling_from_factors(rope_freqs(), cfg.head_dim, cfg.rope_theta)
         if cfg.rope_scaling is None:  # never drop scaling silently: the model would be wrong past 8K tokens
             raise Unsupported(f"{path}: rope_freqs.weight matches no Llama 3.x rope scaling weightsmith knows")
-    summary = {k: (f"[{len(v)} items]" if isinstance(v, (list, _Array)) and len(v) > 16 else v)
+    summary = {k: (f"[{len(v)} items]" if isinstance(v, (list, _Array)) and len(v) > SHORT_ARRAY else v)
                for k, v in kv.items()}
     return Checkpoint(format="gguf", path=path, config=cfg, tensors=order(refs, cfg),
                       info={"files": [f.name for f in files], "metadata": summary},
