@@ -43,15 +43,18 @@ def models(tmp_path_factory):
 
 LARGEST = 2816 * 1024 * 4  # one f32 FFN matrix
 LAYER = (2 * 1024 * 1024 + 2 * 256 * 1024 + 3 * 2816 * 1024) * 4
+# Tensors stream in pieces of a few MB from glibc's heap, whose high-water mark settles, run to run, anywhere within
+# ~30 MB over the first layer or two (which pieces happen to be alive together, with the read-ahead thread's timing).
+NOISE = 32 * 2**20
 
 
 def test_peak_rss_independent_of_depth(models, tmp_path):
     for to, mp in (("meta", 2), ("hf", 1)):
         small = peak_rss(models[2], tmp_path / f"{to}2", to, mp)
         big = peak_rss(models[8], tmp_path / f"{to}8", to, mp)
-        # holding the model would add 6 layers (~270 MB); streaming adds at most a tensor or two of allocator noise
-        assert big - small <= 2 * LARGEST + 8 * 2**20, (to, small, big, LAYER)
+        # holding the model would add 6 layers (~270 MB); streaming adds allocator noise only
+        assert big - small <= 2 * LARGEST + NOISE, (to, small, big, LAYER)
     # and reading the (model-parallel) Meta output back streams too
     small = peak_rss(tmp_path / "meta2", tmp_path / "back2", "hf")
     big = peak_rss(tmp_path / "meta8", tmp_path / "back8", "hf")
-    assert big - small <= 2 * LARGEST + 8 * 2**20, (small, big)
+    assert big - small <= 2 * LARGEST + NOISE, (small, big)

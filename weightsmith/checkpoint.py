@@ -23,6 +23,8 @@ class TensorRef:
     nbytes: int
     load: Callable[[], torch.Tensor] = field(repr=False)
     raw: Callable[[], object] | None = field(default=None, repr=False)  # stored bytes of a quantized tensor (GGUF)
+    # rows(r0, r1): rows [r0, r1) of load() read alone, for readers that can (a rope tensor's range is whole heads)
+    rows: Callable[[int, int], torch.Tensor] | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -73,14 +73,6 @@ def merge(axis: int | None, parts: list[torch.Tensor], name: str) -> torch.Tenso
     return torch.cat(parts, dim=axis)
 
 
-def split(axis: int | None, t: torch.Tensor, n_shards: int, name: str) -> list[torch.Tensor]:
-    if axis is None:
-        return [t] * n_shards
-    if t.shape[axis] % n_shards:
-        raise BadInput(f"{name}: size {t.shape[axis]} along dim {axis} does not split into {n_shards} shards")
-    return list(torch.chunk(t, n_shards, dim=axis))
-
-
 def split_axis(mp, embed_split_dim: int) -> int | None:
     return embed_split_dim if mp == "embed" else mp
 

@@ -1,14 +1,16 @@
-"""The straight line: read -> rename/relayout -> cast -> write, one tensor in memory at a time."""
+"""The straight line: read -> rename/relayout -> cast or quantize -> write, streamed in pieces of rows."""
 from pathlib import Path
 
+import numpy as np
+
 from .. import dtypes, formats
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, numel
 from ..errors import BadInput, Unsupported
 from ..formats.common import Spec
 from ..output import AtomicOutput
 from ..quant import compressed, presets
 from ..quant import types as quant
-from . import mapping
+from . import layout, mapping
 from .log import TensorLog
 
 # --type values: float types everywhere; for GGUF output, llama-quantize's types and mixtures (quant.presets)
@@ -89,22 +91,15 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
                        mp=mp, split_max_size=split_max_size, file_type=preset[1].file_type if preset else None)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
-            for (name, ref, t), src_data in _read_ahead(jobs):
-                note = ""
-                if _passes_through(ref, t):
-                    data = src_data  # quantized bytes, untouched
-                elif dtypes.is_float(t):
-                    data = dtypes.cast(src_data, t)
-                else:
-                    data, note = _quantize(src_data, ref, t, w.name(name), default)
-                del src_data
-                w.write(name, data)
-                log.tensor(w.name(name), ref.shape, t, ref.nbytes, data.nbytes, note)
-                del data
+            tensors = [_Tensor(name, ref, t, w.name(name), default, cfg) for name, ref, t in jobs]
+            pieces = _ahead(lambda job: job[0].piece(job[1]), [(c, rows) for c in tensors for rows in c.plan])
+            for c in tensors:
+                w.write(c.name, (next(pieces) for _ in c.plan))
+                log.tensor(c.out_name, c.ref.shape, c.t, c.ref.nbytes, c.nbytes, c.note())
             w.finish()
         finally:
             w.close()
-        log.finish(dst)
+    log.finish(dst)
     return ck
 
 
@@ -112,36 +107,84 @@ def _passes_through(ref, t: str) -> bool:
     return t == ref.dtype and not dtypes.is_float(t) and ref.raw is not None
 
 
-def _read_ahead(jobs):
-    """(job, its source data) in order, the next tensor read on a second thread while the caller converts and
-    writes this one: at most two source tensors in memory. File reads and torch ops release the GIL."""
+# Values per piece: a tensor is read, converted and written in row ranges of about this many values, so memory
+# holds a few pieces, not a few tensors, and each piece is still in cache when it is converted and written.
+PIECE_VALUES = 1 << 20
+
+
+class _Tensor:
+    """One tensor to convert to type t, piece by piece, and what came out (bytes, error figure) for the log."""
+
+    def __init__(self, name, ref, t: str, out_name: str, float_dtype: str, cfg):
+        self.name, self.ref, self.t, self.out_name, self.float_dtype = name, ref, t, out_name, float_dtype
+        self.plan = self._plan(cfg)
+        self.nbytes = 0
+        self.err2 = self.norm2 = 0.0
+
+    def _plan(self, cfg) -> list[tuple[int, int] | None]:
+        """The row ranges it is read in; [None] for one piece holding it whole (1-D tensors, bytes passed through,
+        readers that cannot read rows, int8/int4 packing). Rope q/k ranges hold whole heads (relayout is per head)."""
+        ref = self.ref
+        if ref.rows is None or len(ref.shape) < 2 or _passes_through(ref, self.t) or compressed.get(self.t):
+            return [None]
+        n_rows = ref.shape[0]
+        heads = layout.rope_heads(mapping.canonical(ref.canonical).row.rope, cfg)
+        unit = n_rows // heads if heads else 1
+        step = max(PIECE_VALUES // (numel(ref.shape[1:]) * unit), 1) * unit
+        return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+
+    def piece(self, rows):
+        """Rows [r0, r1) (None: all) read and converted."""
+        ref = self.ref
+        if _passes_through(ref, self.t):
+            return ref.raw()  # quantized bytes, untouched
+        data = self._convert(ref.load() if rows is None else ref.rows(*rows))
+        self.nbytes += data.nbytes
+        return data
+
+    def _convert(self, x):
+        t = self.t
+        if dtypes.is_float(t):
+            return dtypes.cast(x, t)
+        scheme = compressed.get(t)
+        if scheme:  # whole tensor: int8 per channel, int4 per group of columns
+            x = x.float()
+            data = compressed.quantize(x, scheme, self.float_dtype)
+            self.err2, self.norm2 = quant.squared_norms(compressed.dequantize(data.packed, data.scale, scheme), x)
+            return data
+        x = x.reshape(x.shape[0], -1)
+        qt = quant.get(t)
+        out = np.empty((x.shape[0], x.shape[1] // qt.block * qt.type_size), dtype=np.uint8)
+        e2, n2 = quant.quantize_into(x, t, out, self.out_name)
+        self.err2, self.norm2 = self.err2 + e2, self.norm2 + n2
+        return out
+
+    def note(self) -> str:
+        """The log's extra fields: a quantized tensor's relative RMS error (and where it was requantized from)."""
+        if dtypes.is_float(self.t) or _passes_through(self.ref, self.t):
+            return ""
+        note = f" | rel rms err {quant.relative(self.err2, self.norm2):.2%}"
+        if not dtypes.is_float(self.ref.dtype):
+            note += f" | requantized from {self.ref.dtype} through f32"
+        return note
+
+
+def _ahead(fn, items):
+    """fn(item) for each item in order, the next computed on a second thread while the caller uses this one: a
+    piece is read and converted while the one before it is written. File I/O and torch ops release the GIL."""
     from concurrent.futures import ThreadPoolExecutor
     from ..formats.common import map_large_allocations
+    from ..lazy import torch
     map_large_allocations()
-
-    def read(job):
-        _, ref, t = job
-        return ref.raw() if _passes_through(ref, t) else ref.load()
-    with ThreadPoolExecutor(1) as pool:
-        ahead = pool.submit(read, jobs[0]) if jobs else None
-        for k, job in enumerate(jobs):
-            data = ahead.result()
-            ahead = pool.submit(read, jobs[k + 1]) if k + 1 < len(jobs) else None
-            yield job, data
-            del data
-
-
-def _quantize(x, ref, t: str, name: str, float_dtype: str):
-    """Tensor x as type t (ggml block bytes, or compressed-tensors' packed int8/int4 with scales in float_dtype),
-    and the log note: its relative RMS error (and where it was requantized from)."""
-    x = x.float()
-    scheme = compressed.get(t)
-    if scheme:
-        data = compressed.quantize(x, scheme, float_dtype)
-        err = quant.relative_error(compressed.dequantize(data.packed, data.scale, scheme), x)
-    else:
-        data, err = quant.quantize_with_error(x, t, name)
-    note = f" | rel rms err {err:.2%}"
-    if not dtypes.is_float(ref.dtype):
-        note += f" | requantized from {ref.dtype} through f32"
-    return data, note
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cores are already busy with these threads; an OpenMP team would only wait on them
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(fn, items[0]) if items else None
+            for k in range(len(items)):
+                out = ahead.result()
+                ahead = pool.submit(fn, items[k + 1]) if k + 1 < len(items) else None
+                yield out
+                del out
+    finally:
+        torch.set_num_threads(threads)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+
+import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,28 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The tensor's raw little-endian bytes without a copy when it is already contiguous."""
     t = t.contiguous()
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def as_bytes(t) -> memoryview:
+    """A tensor's or array's bytes, as written to a file."""
+    return tensor_bytes(t) if isinstance(t, torch.Tensor) else memoryview(np.ascontiguousarray(t).reshape(-1).view(np.uint8))
+
+
+class Streamed:
+    """A tensor that arrives in pieces, shaped for gguf-py's GGUFWriter.write_tensor_data (which wants its nbytes
+    and calls tofile once): each piece is written as it is produced, the whole never held."""
+
+    def __init__(self, nbytes: int, chunks):
+        self.nbytes, self.chunks = nbytes, chunks
+
+    def tofile(self, f):
+        written = 0
+        for c in self.chunks:
+            b = as_bytes(c)
+            f.write(b)
+            written += b.nbytes
+        if written != self.nbytes:
+            raise AssertionError(f"streamed {written} bytes of a {self.nbytes}-byte tensor")
 
 
 def pwrite_all(fd: int, data: memoryview, offset: int):
@@ -79,17 +103,21 @@ def _libc():
 _LIBC = _libc() if os.name == "posix" else None
 
 
-_M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def map_large_allocations(threshold: int = 8 << 20):
-    """Have glibc serve every allocation above `threshold` with its own mmap, returned to the OS when freed.
+    """Have glibc serve every allocation above `threshold` with its own mmap, returned to the OS when freed, and
+    keep freed memory below it for reuse.
 
     By default glibc raises that threshold to the size of the last large block freed and then carves later tensors
     out of its heaps, where a second thread's heap (the read-ahead) fragments and RSS creeps up tensor by tensor.
+    Fixing the threshold also fixes the trim threshold at 128 KB: every freed piece of a streamed tensor would go
+    back to the OS and the next one fault in afresh, page by page; a few pieces' worth is kept instead.
     """
     if _LIBC is not None and hasattr(_LIBC, "mallopt"):
         _LIBC.mallopt(_M_MMAP_THRESHOLD, threshold)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, threshold)
 
 
 def release_mapped(t: torch.Tensor):

@@ -29,7 +29,7 @@ from ..checkpoint import Checkpoint, TensorRef, numel, order
 from ..config import check_shapes, from_gguf_metadata
 from ..convert import layout, mapping, tokenizer
 from ..errors import BadInput, Unsupported
-from .common import release_mapped_range
+from .common import Streamed, release_mapped_range
 
 MAGIC = b"GGUF"
 # ggml types that never hold model weights: integers, f64, and the block types only matmuls use internally
@@ -292,7 +292,8 @@ def read(path: Path) -> Checkpoint:
                 raise BadInput(f"{h.file}: tensor {t.name} appears twice")
             shape = tuple(reversed(t.dims))
             loader = _Loader(h, t, shape)
-            refs[t.name] = TensorRef(t.name, t.name, shape, t.qtype.name, t.nbytes, loader, loader.raw)
+            refs[t.name] = TensorRef(t.name, t.name, shape, t.qtype.name, t.nbytes, loader, loader.raw,
+                                     rows=loader.rows if len(shape) > 1 else None)
     shapes = {k: r.shape for k, r in refs.items()}
     cfg = from_gguf_metadata(kv, shapes, str(path))
     check_shapes(cfg, shapes, lambda c: c, str(path))  # first: the rope check below allocates head_dim values
@@ -312,23 +313,29 @@ class _Loader:
     def __init__(self, header: Header, t: TensorInfo, shape):
         self.header, self.t, self.shape = header, t, shape
 
-    def _bytes(self) -> np.ndarray:
-        return np.frombuffer(self.header.buf, np.uint8, self.t.nbytes, self.t.start)
+    def _bytes(self, r0: int = 0, r1: int | None = None) -> np.ndarray:
+        """The stored bytes of rows [r0, r1) (a row of a quantized matrix is a run of whole blocks)."""
+        r1 = self.shape[0] if r1 is None else r1
+        row = self.t.nbytes // max(self.shape[0], 1)
+        return np.frombuffer(self.header.buf, np.uint8, (r1 - r0) * row, self.t.start + r0 * row)
 
     def __call__(self) -> torch.Tensor:
+        return self.rows(0, self.shape[0])
+
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
         gguf, _ = _gguf()
-        t, data = self.t, self._bytes()
+        t, data, shape = self.t, self._bytes(r0, r1), (r1 - r0, *self.shape[1:])
         try:
             if dtypes.is_float(t.qtype.name):
                 out = torch.from_numpy(data.copy()).view(dtypes.torch_dtype(t.qtype.name))
             else:
-                rows = gguf.quants.quant_shape_to_byte_shape(tuple(reversed(t.dims)), t.qtype)
-                out = torch.from_numpy(gguf.quants.dequantize(data.reshape(rows), t.qtype))
+                out = torch.from_numpy(gguf.quants.dequantize(
+                    data.reshape(gguf.quants.quant_shape_to_byte_shape(shape, t.qtype)), t.qtype))
         except NotImplementedError:
             raise Unsupported(f"{self.header.file}: tensor {t.name} has type {t.qtype.name}, which gguf-py cannot "
                               f"dequantize") from None
         release_mapped_range(data.ctypes.data, data.nbytes)
-        return out.reshape(self.shape)
+        return out.reshape(shape)
 
     def raw(self) -> np.ndarray:
         """The stored bytes, for passing a quantized tensor through to a GGUF file untouched."""
@@ -374,6 +381,7 @@ class Writer:
         # split files are named as llama.cpp's gguf-split names them: model-00001-of-00003.gguf
         self.w = gguf.GGUFWriter(None, "llama", split_max_size=split_max_size)
         w = self.w
+        self.nbytes = {}
         w.add_name(ck.name or Path(ck.path).name)
         w.add_context_length(cfg.max_seq_len)
         w.add_embedding_length(cfg.dim)
@@ -410,7 +418,7 @@ class Writer:
             w.add_tensor_info("rope_freqs.weight", list(rope_freqs.shape), np.dtype(np.float32), rope_freqs.numel() * 4)
         for s in specs:
             block, size = gguf.GGML_QUANT_SIZES[_ggml_type(s.dtype)]  # floats too: blocks of one
-            nbytes = int(np.prod(s.shape)) // block * size
+            self.nbytes[s.canonical] = nbytes = int(np.prod(s.shape)) // block * size
             w.add_tensor_info(s.canonical, list(s.shape), np.dtype(np.float32), nbytes, raw_dtype=_ggml_type(s.dtype))
         if split_max_size and len(w.tensors) == 1:
             raise BadInput(f"--split-max-size {split_max_size}: the model fits in one file; nothing to split")
@@ -423,11 +431,9 @@ class Writer:
     def name(self, canonical: str) -> str:
         return canonical
 
-    def write(self, canonical: str, data):
-        if isinstance(data, torch.Tensor):
-            data = data.contiguous()
-            data = (data.view(torch.int16) if data.dtype == torch.bfloat16 else data).numpy()
-        self.w.write_tensor_data(data)
+    def write(self, canonical: str, chunks):
+        """chunks: the tensor's rows in order, in pieces (float tensors or quantized bytes), streamed to the file."""
+        self.w.write_tensor_data(Streamed(self.nbytes[canonical], chunks))
 
     def finish(self):
         self.close()

@@ -55,8 +55,9 @@ def read(path: Path) -> Checkpoint:
             if suffix in compressed.SUFFIXES:
                 packed.setdefault(module, {})[suffix] = (file, e)
                 continue
-            _add(refs, e.name, file, TensorRef(e.name, "", e.shape, e.dtype, e.end - e.start,
-                                               _Loader(file, e)))
+            loader = _Loader(file, e)
+            _add(refs, e.name, file, TensorRef(e.name, "", e.shape, e.dtype, e.end - e.start, loader,
+                                               rows=loader.rows if len(e.shape) > 1 else None))
     for module, parts in packed.items():
         missing = [s for s in compressed.SUFFIXES if s not in parts]
         if missing:
@@ -100,8 +101,13 @@ class _Loader:
     def __call__(self):
         return self.unrope(read_tensor(self.file, self.entry))
 
+    def rows(self, r0: int, r1: int):
+        """Rows [r0, r1) alone; a rope tensor's range holds whole heads (the pipeline cuts at head boundaries)."""
+        return self.unrope(read_tensor(self.file, self.entry, (r0, r1)))
+
     def unrope(self, t):
-        return layout.rope_from_hf(t, self.heads) if self.heads else t
+        # the permutation stays inside each head, so a run of whole heads unropes on its own
+        return layout.rope_from_hf(t, self.heads * t.shape[0] // self.entry.shape[0]) if self.heads else t
 
 
 class _PackedLoader(_Loader):
@@ -187,21 +193,27 @@ class Writer:
         self.fh = open(self.out / self.file_names[fi], "wb")
         self.fh.write(header_bytes(tensors))
 
-    def write(self, canonical: str, t):
+    def write(self, canonical: str, chunks):
+        """chunks: the tensor's rows in order, in pieces of whole heads (a packed int8/int4 weight: one piece)."""
         fi, spec = self.queue[self.pos]
-        assert spec.canonical == canonical and tuple(t.shape) == spec.shape, (spec, canonical, t.shape)
+        assert spec.canonical == canonical, (spec, canonical)
         if self.pos == 0 or self.queue[self.pos - 1][0] != fi:
             self._open(fi)
         heads = layout.rope_heads(mapping.canonical(canonical).row.rope, self.config)
-        if isinstance(t, compressed.Packed):  # rows permute with their scales; the shape stays [out, in]
-            module = self.name(canonical).removesuffix(".weight")
-            kind = module.split(".", 3)[-1]  # model.layers.N.self_attn.q_proj -> self_attn.q_proj
-            self.quantized.setdefault(compressed.group_size(self.scheme, t.shape[1]), set()).add(kind)
-            parts = [layout.rope_to_hf(p, heads) if heads and p.dim() == 2 else p for p in t.parts().values()]
-        else:
-            parts = [layout.rope_to_hf(t, heads) if heads else t]
-        for p in parts:
-            self.fh.write(tensor_bytes(p))
+        rows = 0
+        for t in chunks:
+            share = heads * t.shape[0] // spec.shape[0] if heads else 0  # heads in this piece
+            if isinstance(t, compressed.Packed):  # rows permute with their scales; the shape stays [out, in]
+                module = self.name(canonical).removesuffix(".weight")
+                kind = module.split(".", 3)[-1]  # model.layers.N.self_attn.q_proj -> self_attn.q_proj
+                self.quantized.setdefault(compressed.group_size(self.scheme, t.shape[1]), set()).add(kind)
+                parts = [layout.rope_to_hf(p, share) if share and p.dim() == 2 else p for p in t.parts().values()]
+            else:
+                parts = [layout.rope_to_hf(t, share) if share else t]
+            for p in parts:
+                self.fh.write(tensor_bytes(p))
+            rows += t.shape[0]
+        assert rows == spec.shape[0], (canonical, rows, spec.shape)
         self.pos += 1
 
     def finish(self):

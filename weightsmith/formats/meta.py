@@ -22,7 +22,8 @@ from ..config import check_shapes, from_meta_params, to_meta_params
 from ..convert import layout, mapping, tokenizer
 from ..convert.log import warn
 from ..errors import BadInput, Unsupported
-from .common import Spec, confined, copy_files, pwrite_all, read_json, release_mapped, tensor_bytes, write_json
+from .common import (Spec, confined, copy_files, pwrite_all, read_json, release_mapped, release_mapped_range,
+                     tensor_bytes, write_json)
 
 SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth$")
 TOKENIZER_FILES = ("tokenizer.model",)
@@ -126,8 +127,10 @@ def read(path: Path) -> Checkpoint:
             raise BadInput(f"{files[0].name}: tensor {key} has shape {list(t0.shape)}, expected a matrix")
         shape = layout.merged_shape(axis if n > 1 else None, [tuple(p.shape) for p in parts], key)
         dtype = dtypes.type_name(t0.dtype)
-        refs[name.canonical] = TensorRef(key, name.canonical, shape, dtype, numel(shape) * t0.itemsize,
-                                         lambda parts=parts, axis=axis, key=key: _load(axis, parts, key))
+        refs[name.canonical] = TensorRef(
+            key, name.canonical, shape, dtype, numel(shape) * t0.itemsize,
+            lambda parts=parts, axis=axis, key=key: _load(axis, parts, key),
+            rows=(lambda r0, r1, parts=parts, axis=axis: _rows(axis, parts, r0, r1)) if len(shape) > 1 else None)
     for r, sd in enumerate(sds[1:], 1):
         extra = set(sd) - set(sds[0])
         if extra:
@@ -156,6 +159,23 @@ def _load(axis, parts, key) -> torch.Tensor:
     for p in parts:
         release_mapped(p)
     return t
+
+
+def _rows(axis, parts, r0: int, r1: int) -> torch.Tensor:
+    """Rows [r0, r1) of the merged tensor, from the shards that hold them (replicas: the first), as a fresh copy."""
+    if axis == 1:
+        pieces = [p[r0:r1] for p in parts]
+    elif axis == 0:
+        starts = [0]
+        for p in parts:
+            starts.append(starts[-1] + p.shape[0])
+        pieces = [p[max(r0 - s, 0):r1 - s] for p, s in zip(parts, starts) if s < r1 and s + p.shape[0] > r0]
+    else:
+        pieces = [parts[0][r0:r1]]
+    out = torch.cat(pieces, dim=axis or 0) if len(pieces) > 1 else pieces[0].clone()
+    for p in pieces:
+        release_mapped_range(p.data_ptr(), p.nbytes)
+    return out
 
 
 def _same_as_embeddings(refs) -> bool:
@@ -196,6 +216,7 @@ class Writer:
         self.params = to_meta_params(config)
         self.embed_axis = embed_split_axis(config)
         self.axes = {s.canonical: layout.split_axis(mapping.canonical(s.canonical).row.mp, self.embed_axis) for s in specs}
+        self.shapes = {s.canonical: s.shape for s in specs}
         self.fds, self.offsets = [], []
         for rank in range(mp):
             with FakeTensorMode():
@@ -221,11 +242,26 @@ class Writer:
     def name(self, canonical: str) -> str:
         return mapping.rename(canonical, "meta")
 
-    def write(self, canonical: str, t):
-        name = self.name(canonical)
-        parts = layout.split(self.axes[canonical], t, self.mp, name)
-        for fd, offsets, part in zip(self.fds, self.offsets, parts):
-            pwrite_all(fd, tensor_bytes(part), offsets[name])
+    def write(self, canonical: str, chunks):
+        """chunks: the tensor's rows in order, in pieces; each goes to its place in every shard that holds it."""
+        name, axis, r0 = self.name(canonical), self.axes[canonical], 0
+        for c in chunks:
+            r1 = r0 + c.shape[0]
+            row_bytes = c.nbytes // max(c.shape[0], 1)
+            for rank, (fd, offsets) in enumerate(zip(self.fds, self.offsets)):
+                if axis == 1:  # each shard holds a column band of every row
+                    cols = c.shape[1] // self.mp
+                    piece, at = c[:, rank * cols:(rank + 1) * cols], r0 * row_bytes // self.mp
+                elif axis == 0:  # each shard holds a band of rows
+                    size = self.shapes[canonical][0] // self.mp
+                    a, b = max(r0, rank * size), min(r1, (rank + 1) * size)
+                    if a >= b:
+                        continue
+                    piece, at = c[a - r0:b - r0], (a - rank * size) * row_bytes
+                else:  # replicated
+                    piece, at = c, r0 * row_bytes
+                pwrite_all(fd, tensor_bytes(piece), offsets[name] + at)
+            r0 = r1
 
     def finish(self):
         self.close()
