@@ -78,6 +78,8 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
     ck = formats.open_checkpoint(src)
     if check and ck.integrity_check:
         ck.integrity_check()
+    if tok_files is None:
+        ck.vocab  # a GGUF's vocabulary, read (and checked) before anything is written; writers use it at the end
     cfg = ck.config
     default = source_type(ck)
     jobs = [(r.canonical, r, target_type(type_, r, writer_cls, default, cfg)) for r in ck.tensors]
