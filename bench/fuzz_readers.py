@@ -104,7 +104,7 @@ def build_seeds(root: Path) -> dict[str, Path]:
         sd = {}
         for n, x in t.items():
             axis = layout.split_axis(mapping.canonical(n).row.mp, 1)
-            sd[mapping.rename(n, "meta")] = layout.split(axis, x, 2, n)[rank].clone()
+            sd[mapping.rename(n, "meta")] = (x if axis is None else x.chunk(2, dim=axis)[rank]).clone()
         torch.save(sd, meta2 / f"consolidated.{rank:02d}.pth")
     (meta2 / "params.json").write_text(json.dumps({"dim": DIM, "n_layers": 1, "n_heads": N_HEADS,
                                                    "n_kv_heads": N_KV, "vocab_size": -1, "multiple_of": MULTIPLE_OF,

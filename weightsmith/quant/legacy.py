@@ -13,29 +13,29 @@ from .cfloat import JIT, c_int, c_roundf, f32, int8, put_fp16
 SIGNATURE = "Tuple((float64, float64, int64))(float32[:, ::1], uint8[:, ::1])"
 
 
-@njit(**JIT)
+# The error figure's float64 sums may be added in any order (reassoc: vectorized); nothing else here may.
+SUMS = dict(JIT, fastmath={"reassoc"})
+# Loops over values known to be finite, whose only float reduction is a max (exact in any order): vectorized.
+FINITE = dict(JIT, fastmath={"nnan", "nsz", "reassoc"})
+
+
+@njit(**SUMS)
 def block_norm2(b):
-    """sum(b^2) in float64 (no float32 square overflows there): not finite exactly when b holds a NaN or Inf.
-    Four partial sums: one float64 chain's add latency, not the kernel's arithmetic, would bound the speed."""
-    s0 = s1 = s2 = s3 = 0.0
-    for j in range(0, b.shape[0], 4):
-        s0 += np.float64(b[j]) ** 2
-        s1 += np.float64(b[j + 1]) ** 2
-        s2 += np.float64(b[j + 2]) ** 2
-        s3 += np.float64(b[j + 3]) ** 2
-    return (s0 + s1) + (s2 + s3)
+    """sum(b^2) in float64 (no float32 square overflows there): not finite exactly when b holds a NaN or Inf."""
+    s = 0.0
+    for j in range(b.shape[0]):
+        s += np.float64(b[j]) * np.float64(b[j])
+    return s
 
 
-@njit(**JIT)
+@njit(**SUMS)
 def block_err2(back, b):
-    """sum((back - b)^2) in float64, four partial sums as block_norm2."""
-    s0 = s1 = s2 = s3 = 0.0
-    for j in range(0, b.shape[0], 4):
-        s0 += (np.float64(back[j]) - b[j]) ** 2
-        s1 += (np.float64(back[j + 1]) - b[j + 1]) ** 2
-        s2 += (np.float64(back[j + 2]) - b[j + 2]) ** 2
-        s3 += (np.float64(back[j + 3]) - b[j + 3]) ** 2
-    return (s0 + s1) + (s2 + s3)
+    """sum((back - b)^2) in float64."""
+    s = 0.0
+    for j in range(b.shape[0]):
+        e = np.float64(back[j]) - np.float64(b[j])
+        s += e * e
+    return s
 
 
 @njit(**JIT)
@@ -76,6 +76,25 @@ def _inverse(d):
     return f32(1.0) / d if d != f32(0.0) else f32(0.0)
 
 
+@njit(**FINITE)
+def _absmax(b):
+    m = f32(0.0)
+    for j in range(b.shape[0]):
+        m = max(m, abs(b[j]))
+    return m
+
+
+@njit(**FINITE)
+def _q8_0_normal(b, o, inv, dq, back):
+    """The quants of a finite block whose scale d is a normal float: |b * inv| <= 127.5, so roundf's add and the
+    conversion to int need no out-of-range care, and the loop vectorizes."""
+    for j in range(32):
+        v = b[j] * inv
+        q = np.int32(v + (f32(0.49999997) if v >= f32(0.0) else f32(-0.49999997)))
+        o[2 + j] = q & 0xFF
+        back[j] = f32(q) * dq
+
+
 @njit(SIGNATURE, **JIT)
 def q8_0(x, out):
     back = np.empty(32, np.float32)  # the block's dequantized values
@@ -86,16 +105,16 @@ def q8_0(x, out):
         if not np.isfinite(n2):
             return err2, norm2, first_bad(x, i)
         norm2 += n2
-        amax = f32(0.0)
-        for j in range(32):
-            amax = amax if amax > abs(b[j]) else abs(b[j])
-        d = amax / f32(127.0)
+        d = _absmax(b) / f32(127.0)
         inv = _inverse(d)
         dq = put_fp16(o, 0, d)
-        for j in range(32):
-            q = int8(c_roundf(b[j] * inv))
-            o[2 + j] = q & 0xFF
-            back[j] = f32(q) * dq
+        if d >= f32(1.1754944e-38):
+            _q8_0_normal(b, o, inv, dq, back)
+        else:  # zero or subnormal d: 1/d may overflow, and C's conversion of inf to int gives INT_MIN
+            for j in range(32):
+                q = int8(c_roundf(b[j] * inv))
+                o[2 + j] = q & 0xFF
+                back[j] = f32(q) * dq
         err2 += block_err2(back, b)
     return err2, norm2, -1
 

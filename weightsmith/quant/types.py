@@ -1,5 +1,6 @@
 """The quantized types weightsmith writes: block geometry (from gguf-py's table, the one ggml uses) and the
 numba kernel for each (legacy.py, kquants.py). Dequantization is gguf-py's."""
+import functools
 import importlib
 from dataclasses import dataclass
 
@@ -149,14 +150,22 @@ def squared_norms(back: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
 
 def parallel_map(fn, items) -> list:
     """fn over items on all cores, in threads: the numba kernels release the GIL."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
     items = list(items)
-    workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    if workers <= 1:
+    if len(items) <= 1 or _cores() <= 1:
         return [fn(i) for i in items]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
+    return list(_pool().map(fn, items))
+
+
+def _cores() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.cache
+def _pool():
+    """One thread per core for the whole process: a streamed conversion calls parallel_map for every piece."""
+    from concurrent.futures import ThreadPoolExecutor
+    return ThreadPoolExecutor(_cores(), thread_name_prefix="quantize")
 
 
 def dequantize(data: np.ndarray, name: str, shape) -> torch.Tensor:
