@@ -1,5 +1,5 @@
 """Streaming in pieces: a conversion that reads, converts and writes each tensor in many small row ranges gives
-byte-for-byte the files it gives when every tensor is one piece. The piece sizes cut rope tensors at every head
+byte-for-byte the files it gives when every tensor is one piece. The piece size cuts rope tensors at every head
 and everything else at ranges that straddle model-parallel shard boundaries (5 rows of llama3's 128)."""
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import pytest
 from weightsmith.convert import pipeline
 
 WHOLE = 1 << 40           # every tensor one piece
-SMALL = [1, 5 * 128]      # one row (one head for q/k) a piece; five rows a piece
+SMALL = [5 * 128]         # rows of 128 (llama3) or 256 (llama2_70b): five or two rows a piece, q/k one head a piece
 
 CASES = {  # id: (source, family, convert() arguments)
     "hf-gguf-f16": ("hf", "llama3", dict(to="gguf", type_="f16")),
