@@ -139,8 +139,9 @@ class _Tensor:
         """Rows [r0, r1) (None: all) read and converted."""
         ref = self.ref
         if _passes_through(ref, self.t):
-            return ref.raw()  # quantized bytes, untouched
-        data = self._convert(ref.load() if rows is None else ref.rows(*rows))
+            data = ref.raw()  # quantized bytes, untouched
+        else:
+            data = self._convert(ref.load() if rows is None else ref.rows(*rows))
         self.nbytes += data.nbytes
         return data
 
