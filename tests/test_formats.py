@@ -143,12 +143,90 @@ def test_tokenizer_files_carried(built, tmp_path, run_cli):
 
 
 def test_inspect_reads_headers_without_importing_torch(built):
-    """inspect of HF and GGUF checkpoints reads headers only and never imports torch (over a second on its own)."""
+    """inspect of HF, GGUF and Meta checkpoints reads headers (a .pth's zip directory and pickle) only and never
+    imports torch (over a second on its own); a tied Meta checkpoint is recognized from its stored bytes."""
     import subprocess
     import sys
     from test_gguf_read import SMOL
-    code = ("import sys; from weightsmith.inspect import report; "
-            "[report(p) for p in sys.argv[1:]]; print('torch' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code, str(built.hf("llama1")), str(SMOL)], capture_output=True, text=True)
+    metas = [built.meta("llama1"), built.meta("llama2_70b", 2), built.meta("llama32"), built.meta("llama32", 2)]
+    code = ("import sys, json; from weightsmith.inspect import report; "
+            "print(json.dumps([report(p)['config']['tied_embeddings'] for p in sys.argv[1:]])); "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(built.hf("llama1")), str(SMOL), *map(str, metas)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "False"
+    tied, imported = r.stdout.split("\n")[:2]
+    assert json.loads(tied) == [False, True, False, False, True, True]
+    assert imported == "False"
+
+
+def pth_variants(built, tmp_path):
+    """Meta checkpoints as Meta's reference code writes them (f32, mp 1 and 2), as weightsmith's writer does (bf16),
+    and as torch.save does with bf16/f16 tensors, an nn.Parameter, views sharing a storage and a transposed one."""
+    out = [*sorted(built.meta("llama1").glob("*.pth")), *sorted(built.meta("llama2_70b", 2).glob("*.pth"))]
+    for i, (a, dtype) in enumerate([(meta_state(built.meta("llama2_70b", 2)), torch.bfloat16),
+                                    (meta_state(built.meta("llama1")), torch.float16)]):
+        for rank, sd in enumerate(a):
+            f = tmp_path / f"v{i}" / f"consolidated.{rank:02d}.pth"
+            f.parent.mkdir(exist_ok=True)
+            torch.save({k: v.to(dtype) for k, v in sd.items()}, f)
+            out.append(f)
+    big = torch.randn(64, 8)
+    odd = tmp_path / "odd.pth"
+    torch.save({"p": torch.nn.Parameter(torch.randn(4, 4)), "top": big[:32], "bottom": big[32:], "t": big.t(),
+                "row": big[5], "scalar": torch.tensor(2.0, dtype=torch.bfloat16), "empty": torch.ones(0, 3)}, odd)
+    return out + [odd]
+
+
+def test_pth_table_agrees_with_torch_load(built, tmp_path, run_cli):
+    """The tensor table read without torch says what torch.load says: names in order, dtypes, shapes, strides, and
+    where the bytes of each contiguous tensor lie."""
+    from weightsmith.formats import pth_file
+    run_cli("convert", built.meta("llama1"), tmp_path / "bf16", "--to", "meta", "--type", "bf16", "-q", check=0)
+    files = pth_variants(built, tmp_path) + [tmp_path / "bf16" / "consolidated.00.pth"]
+    seen = set()
+    for f in files:
+        table = pth_file.read_table(f)
+        sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+        assert list(table.tensors) == list(sd), f
+        raw = f.read_bytes()
+        for k, t in sd.items():
+            e = table.tensors[k]
+            seen.add(e.dtype)
+            assert (f"torch.{e.dtype}", e.shape, e.stride, e.offset, e.itemsize) == \
+                (str(t.dtype), tuple(t.shape), t.stride(), t.storage_offset(), t.element_size()), (f, k)
+            assert e.contiguous == t.is_contiguous(), (f, k)
+            if e.contiguous:
+                assert raw[e.data_start:e.data_start + e.nbytes] == t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    assert seen == {"float32", "bfloat16", "float16"}
+
+
+def test_meta_tied_by_stored_bytes(built, tmp_path, run_cli):
+    """A Llama-2 layout (embeddings split along dim, output along vocab) whose output copies the embeddings is tied;
+    one value changed in the last row of one shard's output makes it untied again. A change in a row the read does
+    not sample is caught when the embeddings are loaded: the conversion, planned without output.weight, stops."""
+    import shutil
+    from weightsmith.formats.meta import TIED_SAMPLE
+    src = tmp_path / "tied"
+    shutil.copytree(built.meta("llama2_70b", 2), src)
+    shards = meta_state(src)
+    emb = torch.cat([sd["tok_embeddings.weight"] for sd in shards], dim=1)
+    for rank, (sd, out) in enumerate(zip(shards, emb.chunk(2, dim=0))):
+        sd["output.weight"] = out.clone()
+        torch.save(sd, src / f"consolidated.{rank:02d}.pth")
+    d = json.loads(run_cli("inspect", src, "--json", check=0).stdout)
+    assert d["config"]["tied_embeddings"] is True and "output.weight" not in {t["name"] for t in d["tensors"]}
+    run_cli("convert", src, tmp_path / "hf", "-q", check=0)
+    assert "lm_head.weight" not in hf_state(tmp_path / "hf")
+
+    assert 1 not in {i * emb.shape[0] // TIED_SAMPLE for i in range(TIED_SAMPLE)}
+    shards[0]["output.weight"][1, 3] += 1
+    torch.save(shards[0], src / "consolidated.00.pth")
+    assert json.loads(run_cli("inspect", src, "--json", check=0).stdout)["config"]["tied_embeddings"] is True
+    r = run_cli("convert", src, tmp_path / "hf2", "-q", check=2)
+    assert "differs within rows [0, " in r.stderr and not (tmp_path / "hf2").exists()
+
+    shards[1]["output.weight"][-1, -1] += 1
+    torch.save(shards[1], src / "consolidated.01.pth")
+    d = json.loads(run_cli("inspect", src, "--json", check=0).stdout)
+    assert d["config"]["tied_embeddings"] is False and "output.weight" in {t["name"] for t in d["tensors"]}

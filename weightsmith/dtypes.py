@@ -16,6 +16,16 @@ INT_TYPES = {
     "I64": ("int64", 8),
 }
 STORAGE_TYPES = {**FLOAT_TYPES, **INT_TYPES}
+# torch's legacy storage classes, as a .pth pickle names them (GLOBAL torch.FloatStorage), -> (torch dtype's name,
+# bytes per element): torch.storage._dtype_to_storage_type_map() read backwards, for reading a .pth without torch.
+STORAGE_CLASSES = {
+    "DoubleStorage": ("float64", 8), "FloatStorage": ("float32", 4), "HalfStorage": ("float16", 2),
+    "BFloat16Storage": ("bfloat16", 2), "LongStorage": ("int64", 8), "IntStorage": ("int32", 4),
+    "ShortStorage": ("int16", 2), "CharStorage": ("int8", 1), "ByteStorage": ("uint8", 1), "BoolStorage": ("bool", 1),
+    "ComplexDoubleStorage": ("complex128", 16), "ComplexFloatStorage": ("complex64", 8),
+    "QInt8Storage": ("qint8", 1), "QInt32Storage": ("qint32", 4), "QUInt8Storage": ("quint8", 1),
+    "QUInt4x2Storage": ("quint4x2", 1), "QUInt2x4Storage": ("quint2x4", 1),
+}
 
 
 def is_float(name: str) -> bool:
@@ -34,11 +44,13 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, _entry(name)[0])
 
 
-def type_name(dtype: torch.dtype) -> str:
-    for name, (attr, _) in FLOAT_TYPES.items():
-        if getattr(torch, attr) == dtype:
+def type_name(dtype: torch.dtype | str) -> str:
+    """F32/F16/BF16 for a torch float dtype or its name ("bfloat16", as STORAGE_CLASSES spells it)."""
+    attr = str(dtype).removeprefix("torch.")
+    for name, (a, _) in FLOAT_TYPES.items():
+        if a == attr:
             return name
-    raise BadInput(f"tensor dtype {dtype} is not a float type weightsmith reads (F32, F16, BF16)")
+    raise BadInput(f"tensor dtype torch.{attr} is not a float type weightsmith reads (F32, F16, BF16)")
 
 
 def itemsize(name: str) -> int:

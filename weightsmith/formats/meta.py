@@ -1,7 +1,9 @@
 """Meta checkpoints: params.json + consolidated.NN.pth (one per model-parallel rank) [+ checklist.chk, tokenizer.model].
 
-.pth files are pickles: they are opened only with torch.load(weights_only=True, mmap=True), which refuses any
-pickle that would run code, and maps tensor bytes instead of reading them.
+.pth files are pickles. Reading a checkpoint reads each file's tensor table only (pth_file: the zip directory and
+data.pkl, through an unpickler that admits what torch's weights-only one does and calls nothing), so inspect never
+imports torch. Tensors are loaded with torch.load(weights_only=True, mmap=True), which refuses any pickle that would
+run code and maps tensor bytes instead of reading them, once per file, on first use.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import pickle
 import re
 import struct
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,6 +25,7 @@ from ..config import check_shapes, from_meta_params, to_meta_params
 from ..convert import layout, mapping, tokenizer
 from ..convert.log import warn
 from ..errors import BadInput, Unsupported
+from . import pth_file
 from .common import (Spec, confined, copy_files, pwrite_all, read_json, release_mapped, release_mapped_range,
                      tensor_bytes, write_json)
 
@@ -65,13 +69,36 @@ def load_pth(file: Path) -> dict:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
         refused = [ln for ln in lines if UNSAFE_RE.search(ln)]
         if isinstance(e, pickle.UnpicklingError) and refused:
-            raise BadInput(f"{file}: refused as unsafe: its pickle does more than rebuild tensors ({refused[0]})") \
-                from None
-        raise BadInput(f"{file}: not a readable PyTorch checkpoint, truncated or corrupt "
-                       f"({type(e).__name__}: {lines[-1][:200]})") from None
+            raise pth_file.unsafe(file, refused[0]) from None
+        raise pth_file.corrupt(file, f"{type(e).__name__}: {lines[-1][:200]}") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
-        raise BadInput(f"{file}: not a state dict of named tensors")
+        raise pth_file.not_tensors(file)
     return sd
+
+
+class _Shard:
+    """One consolidated.NN.pth: its tensor table, read without torch, and its tensors, which torch.load maps on the
+    first tensor asked for (once: the state dict is kept, its tensors views of the one mapping)."""
+
+    def __init__(self, table: pth_file.Table):
+        self.table, self._sd, self._lock = table, None, threading.Lock()
+
+    def tensor(self, key: str) -> torch.Tensor:
+        with self._lock:
+            if self._sd is None:
+                sd = load_pth(self.table.path)
+                got = {k: (str(v.dtype), tuple(v.shape)) for k, v in sd.items()}
+                want = {k: (f"torch.{e.dtype}", e.shape) for k, e in self.table.tensors.items()}
+                if got != want:  # the table and torch read the file differently: trust neither
+                    bad = next((k for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)))
+                    raise pth_file.corrupt(self.table.path, f"torch.load reads tensor {bad} as {got.get(bad)}, its "
+                                                            f"tensor table as {want.get(bad)}")
+                self._sd = sd
+        return self._sd[key]
+
+
+def _parts(shards: list[_Shard], key: str) -> list[torch.Tensor]:
+    return [s.tensor(key) for s in shards]
 
 
 def read_checklist(base: Path) -> dict[str, str] | None:
@@ -111,9 +138,12 @@ def read(path: Path) -> Checkpoint:
     dim = params.get("dim")
     if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
         raise BadInput(f"{base / 'params.json'}: field 'dim' is missing or not a positive integer")
-    sds = [load_pth(f) for f in files]
+    tables = [pth_file.read_table(f) for f in files]
+    sds = [t.tensors for t in tables]
+    shards = [_Shard(t) for t in tables]
     n = len(sds)
     refs: dict[str, TensorRef] = {}
+    stored: dict[str, tuple] = {}  # canonical -> (merge axis, [(table, entry) of each shard])
     for key, t0 in sds[0].items():
         name = mapping.lookup("meta", key)
         if name is None:
@@ -121,23 +151,28 @@ def read(path: Path) -> Checkpoint:
         missing = [files[r].name for r, sd in enumerate(sds) if key not in sd]
         if missing:
             raise BadInput(f"tensor {key} is in {files[0].name} but missing from {', '.join(missing)}")
-        parts = [sd[key] for sd in sds]
-        axis = layout.merge_axis(name.row.mp, tuple(t0.shape), n, dim) if t0.dim() > 1 or n == 1 else None
-        if n > 1 and name.row.mp is not None and t0.dim() < 2:
+        entries = [sd[key] for sd in sds]
+        axis = layout.merge_axis(name.row.mp, t0.shape, n, dim) if len(t0.shape) > 1 or n == 1 else None
+        if n > 1 and name.row.mp is not None and len(t0.shape) < 2:
             raise BadInput(f"{files[0].name}: tensor {key} has shape {list(t0.shape)}, expected a matrix")
-        shape = layout.merged_shape(axis if n > 1 else None, [tuple(p.shape) for p in parts], key)
+        shape = layout.merged_shape(axis if n > 1 else None, [e.shape for e in entries], key)
         dtype = dtypes.type_name(t0.dtype)
+        if any(e.dtype != t0.dtype for e in entries):
+            raise BadInput(f"{key}: model-parallel shards disagree in dtype ({[e.dtype for e in entries]})")
+        stored[name.canonical] = (axis, list(zip(tables, entries)))
         refs[name.canonical] = TensorRef(
             key, name.canonical, shape, dtype, numel(shape) * t0.itemsize,
-            lambda parts=parts, axis=axis, key=key: _load(axis, parts, key),
-            rows=(lambda r0, r1, parts=parts, axis=axis: _rows(axis, parts, r0, r1)) if len(shape) > 1 else None)
+            lambda shards=shards, axis=axis, key=key: _load(axis, _parts(shards, key), key),
+            rows=(lambda r0, r1, shards=shards, axis=axis, key=key: _rows(axis, _parts(shards, key), r0, r1))
+            if len(shape) > 1 else None)
     for r, sd in enumerate(sds[1:], 1):
         extra = set(sd) - set(sds[0])
         if extra:
             raise BadInput(f"{files[r].name} has tensor {sorted(extra)[0]}, which {files[0].name} lacks")
     shapes = {k: r.shape for k, r in refs.items()}
-    if "output.weight" in refs and _same_as_embeddings(refs):
+    if "output.weight" in refs and _same_as_embeddings(refs, stored):
         del shapes["output.weight"]  # Llama 3.2: Meta stores a copy of the tied embeddings; the model ties them
+        _check_tied_on_load(refs["token_embd.weight"], stored)
     cfg = from_meta_params(params, shapes, str(base / "params.json"))
     check_shapes(cfg, shapes, lambda c: mapping.rename(c, "meta"), str(base))
     checklist = read_checklist(base)
@@ -178,13 +213,78 @@ def _rows(axis, parts, r0: int, r1: int) -> torch.Tensor:
     return out
 
 
-def _same_as_embeddings(refs) -> bool:
-    """Whether output.weight is a copy of tok_embeddings: a one-row test first, so untied models cost nothing."""
+TIED_SAMPLE = 64  # rows of output.weight compared with tok_embeddings when the checkpoint is read
+
+
+def _same_as_embeddings(refs, stored) -> bool:
+    """Whether output.weight is a copy of tok_embeddings: a one-row test first, so untied models cost nothing.
+
+    From the stored bytes (no torch), the first row and TIED_SAMPLE rows spread over the matrix: reading both whole
+    would cost seconds for a 128K vocabulary, and inspect reads headers only. The other rows are compared as the
+    embeddings are loaded (_check_tied_on_load). Shards torch would rearrange (strided, big-endian) are loaded and
+    compared whole."""
     e, o = refs.get("token_embd.weight"), refs["output.weight"]
-    if e is None or e.shape != o.shape or e.dtype != o.dtype:
+    if e is None or e.shape != o.shape or e.dtype != o.dtype or not e.shape or not e.shape[0]:
         return False
-    te, to = e.load(), o.load()
-    return torch.equal(te[:1], to[:1]) and torch.equal(te, to)
+    (ea, ep), (oa, op) = stored[e.canonical], stored[o.canonical]
+    if not _as_stored(ep + op):
+        te, to = e.load(), o.load()
+        return torch.equal(te[:1], to[:1]) and torch.equal(te, to)
+    rows = e.shape[0]
+    return all(_stored_rows(ea, ep, r, r + 1) == _stored_rows(oa, op, r, r + 1)
+               for r in sorted({0, rows - 1, *(i * rows // TIED_SAMPLE for i in range(TIED_SAMPLE))}))
+
+
+def _as_stored(parts) -> bool:
+    """Whether torch loads these shards' bytes as they lie in the files (contiguous, little-endian)."""
+    return all(e.contiguous and t.little_endian for t, e in parts)
+
+
+def _check_tied_on_load(emb: TensorRef, stored):
+    """The rest of _same_as_embeddings's test: each time the embeddings are loaded (whole or rows), output.weight's
+    stored rows must equal theirs, or the conversion stops (it was planned without output.weight)."""
+    (ea, ep), (oa, op) = stored["token_embd.weight"], stored["output.weight"]
+    if not _as_stored(ep + op):
+        return  # compared whole already
+
+    def check(r0: int, r1: int):
+        step = max(1, (64 << 20) // max(emb.nbytes // emb.shape[0], 1))  # 64 MB of rows at a time
+        for a in range(r0, r1, step):
+            b = min(a + step, r1)
+            if _stored_rows(ea, ep, a, b) != _stored_rows(oa, op, a, b):
+                raise BadInput(f"{ep[0][0].path.parent}: output.weight equals tok_embeddings.weight in the "
+                               f"{TIED_SAMPLE} rows compared on reading, so it was taken for a tied copy, but differs "
+                               f"within rows [{a}, {b})")
+
+    load, rows = emb.load, emb.rows
+    emb.load = lambda: (check(0, emb.shape[0]), load())[1]
+    if rows is not None:
+        emb.rows = lambda r0, r1: (check(r0, r1), rows(r0, r1))[1]
+
+
+def _stored_rows(axis, parts, r0: int, r1: int) -> bytes | memoryview:
+    """Rows [r0, r1) of a merged matrix as its shards store them (contiguous, little-endian), read from the files:
+    _rows's bytes, without torch."""
+    def read(table, e, a, b) -> memoryview:
+        row = numel(e.shape[1:]) * e.itemsize
+        with open(table.path, "rb") as f:
+            data = os.pread(f.fileno(), (b - a) * row, e.data_start + a * row)
+        if len(data) != (b - a) * row:
+            raise pth_file.corrupt(table.path, f"tensor {e.name} is cut short")
+        return memoryview(data)
+
+    if axis == 1 and len(parts) > 1:  # each shard holds a column band of every row
+        bands = [(read(t, e, r0, r1), numel(e.shape[1:]) * e.itemsize) for t, e in parts]
+        return b"".join(band[i * w:(i + 1) * w] for i in range(r1 - r0) for band, w in bands)
+    if axis == 0:  # each shard holds a band of rows
+        pieces, s = [], 0
+        for t, e in parts:
+            a, b = max(r0 - s, 0), min(r1 - s, e.shape[0])
+            if a < b:
+                pieces.append(read(t, e, a, b))
+            s += e.shape[0]
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return read(*parts[0], r0, r1)
 
 
 # ---- writing ----------------------------------------------------------------------------------------------
@@ -288,8 +388,5 @@ def _record_offsets(file: Path, n: int) -> list[int]:
         infos = {i.filename.split("/", 1)[1]: i for i in z.infolist() if "/" in i.filename}
         offsets = []
         for key in range(n):
-            info = infos[f"data/{key}"]
-            fh.seek(info.header_offset + 26)
-            name_len, extra_len = int.from_bytes(fh.read(2), "little"), int.from_bytes(fh.read(2), "little")
-            offsets.append(info.header_offset + 30 + name_len + extra_len)
+            offsets.append(pth_file.record_start(fh, infos[f"data/{key}"]))
         return offsets
