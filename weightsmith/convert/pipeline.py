@@ -94,7 +94,7 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
             tensors = [_Tensor(name, ref, t, w.name(name), default, cfg) for name, ref, t in jobs]
-            pieces = _ahead(lambda job: job[0].piece(job[1]), [(c, rows) for c in tensors for rows in c.plan])
+            pieces = _staged([(c, rows) for c in tensors for rows in c.plan])
             for c in tensors:
                 w.write(c.name, (next(pieces) for _ in c.plan))
                 log.tensor(c.out_name, c.ref.shape, c.t, c.ref.nbytes, c.nbytes, c.note())
@@ -135,13 +135,17 @@ class _Tensor:
         step = max(PIECE_VALUES // (numel(ref.shape[1:]) * unit), 1) * unit
         return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
 
-    def piece(self, rows):
-        """Rows [r0, r1) (None: all) read and converted."""
+    def read(self, rows):
+        """Rows [r0, r1) (None: all) as stored: quantized bytes to pass through, or values in canonical layout."""
         ref = self.ref
         if _passes_through(ref, self.t):
-            data = ref.raw()  # quantized bytes, untouched
-        else:
-            data = self._convert(ref.load() if rows is None else ref.rows(*rows))
+            return ref.raw()
+        return ref.load() if rows is None else ref.rows(*rows)
+
+    def convert(self, data):
+        """A piece read() gave, as what the writer takes."""
+        if not _passes_through(self.ref, self.t):
+            data = self._convert(data)
         self.nbytes += data.nbytes
         return data
 
@@ -172,9 +176,10 @@ class _Tensor:
         return note
 
 
-def _ahead(fn, items):
-    """fn(item) for each item in order, the next computed on a second thread while the caller uses this one: a
-    piece is read and converted while the one before it is written. File I/O and torch ops release the GIL."""
+def _staged(pieces):
+    """Each (tensor, rows) piece read and converted, in order, in three stages that overlap: while the caller writes
+    piece k, piece k+1 is converted (quantized on all cores) and piece k+2 read, each stage on its own thread.
+    File I/O, torch ops and the quantize kernels release the GIL; at most four pieces are in memory."""
     from concurrent.futures import ThreadPoolExecutor
     from ..formats.common import map_large_allocations
     from ..lazy import torch
@@ -182,11 +187,18 @@ def _ahead(fn, items):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the cores are already busy with these threads; an OpenMP team would only wait on them
     try:
-        with ThreadPoolExecutor(1) as pool:
-            ahead = pool.submit(fn, items[0]) if items else None
-            for k in range(len(items)):
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as converter:
+            reads = [reader.submit(c.read, rows) for c, rows in pieces[:2]]
+
+            def convert(k):
+                return pieces[k][0].convert(reads[k].result())
+            ahead = converter.submit(convert, 0) if pieces else None
+            for k in range(len(pieces)):
                 out = ahead.result()
-                ahead = pool.submit(fn, items[k + 1]) if k + 1 < len(items) else None
+                reads[k] = None  # the source piece is converted: let it go
+                if k + 2 < len(pieces):
+                    reads.append(reader.submit(pieces[k + 2][0].read, pieces[k + 2][1]))
+                ahead = converter.submit(convert, k + 1) if k + 1 < len(pieces) else None
                 yield out
                 del out
     finally:

@@ -2,6 +2,7 @@
 numba kernel for each (legacy.py, kquants.py). Dequantization is gguf-py's."""
 import functools
 import importlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,11 +123,23 @@ def _float32_slices(flat: torch.Tensor):
         bits, bf16 = flat.view(torch.int16).numpy().view(np.uint16), flat.dtype == torch.bfloat16
 
         def widened(s0, s1):
-            dst = np.empty(s1 - s0, np.float32)
+            dst = _scratch(s1 - s0)
             widen(bits[s0:s1], dst, bf16)
             return dst
         return widened
     return lambda s0, s1: flat[s0:s1].to(torch.float32).numpy()
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(n: int) -> np.ndarray:
+    """This thread's float32 buffer of n values, reused slice after slice (a task quantizes its slice before it
+    takes the next): no allocation per slice, none left in the thread's heap."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH.buf = np.empty(max(n, CHUNK), np.float32)
+    return buf[:n]
 
 
 def relative_error(back: torch.Tensor, x: torch.Tensor) -> float:
