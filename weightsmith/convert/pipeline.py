@@ -132,7 +132,7 @@ class _Tensor:
         n_rows = ref.shape[0]
         heads = layout.rope_heads(mapping.canonical(ref.canonical).row.rope, cfg)
         unit = n_rows // heads if heads else 1
-        step = max(PIECE_VALUES // (numel(ref.shape[1:]) * unit), 1) * unit
+        step = max(PIECE_VALUES // max(numel(ref.shape[1:]) * unit, 1), 1) * unit
         return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
 
     def read(self, rows):
