@@ -1,4 +1,4 @@
-"""Streaming: a conversion's peak RSS does not grow with the number of layers (one tensor at a time)."""
+"""Streaming: a conversion's peak RSS does not grow with the number of layers (tensors stream in pieces)."""
 import subprocess
 import sys
 

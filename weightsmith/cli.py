@@ -56,7 +56,7 @@ def inspect(path, as_json):
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
 @click.option("-q", "--quiet", is_flag=True, help="No per-tensor log and no progress bar.")
 def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, tokenizer_pre, no_check, force, quiet):
-    """Convert SRC to DST (Meta, HF, GGUF in any direction), streaming one tensor at a time."""
+    """Convert SRC to DST (Meta, HF, GGUF in any direction), streaming each tensor in pieces."""
     from .convert.pipeline import convert as run
     run(src, dst, to=to, type_=type_, shard_size=parse_size(shard_size), mp=mp, tokenizer=tokenizer,
         tokenizer_pre=tokenizer_pre, split_max_size=parse_size(split_max_size) if split_max_size else 0, quiet=quiet,

@@ -1,5 +1,5 @@
 """Hugging Face checkpoints: config.json + *.safetensors (single or sharded with an index), read lazily,
-written streaming with one tensor in memory at a time."""
+written streaming, each tensor in pieces of rows as they come."""
 from pathlib import Path
 
 from .. import dtypes
