@@ -77,6 +77,18 @@ def split_axis(mp, embed_split_dim: int) -> int | None:
     return embed_split_dim if mp == "embed" else mp
 
 
+def row_bands(shard_rows: list[int], r0: int, r1: int) -> list[tuple[int, int, int]]:
+    """Where rows [r0, r1) of a matrix split by rows across shards (of shard_rows rows each) lie: (shard, a, b),
+    rows [a, b) of that shard's own, for each shard holding any of them."""
+    bands, start = [], 0
+    for k, n in enumerate(shard_rows):
+        a, b = max(r0 - start, 0), min(r1 - start, n)
+        if a < b:
+            bands.append((k, a, b))
+        start += n
+    return bands
+
+
 # --- Llama 3.1 rope scaling ---------------------------------------------------------------------------------
 
 def llama3_rope_factors(head_dim: int, theta: float, scaling: dict) -> torch.Tensor:

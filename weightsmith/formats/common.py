@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-
-import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..lazy import torch
 
@@ -46,7 +46,9 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
 
 def as_bytes(t) -> memoryview:
     """A tensor's or array's bytes, as written to a file."""
-    return tensor_bytes(t) if isinstance(t, torch.Tensor) else memoryview(np.ascontiguousarray(t).reshape(-1).view(np.uint8))
+    if isinstance(t, torch.Tensor):
+        return tensor_bytes(t)
+    return memoryview(np.ascontiguousarray(t).reshape(-1).view(np.uint8))
 
 
 class Streamed:

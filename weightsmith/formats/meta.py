@@ -201,10 +201,7 @@ def _rows(axis, parts, r0: int, r1: int) -> torch.Tensor:
     if axis == 1:
         pieces = [p[r0:r1] for p in parts]
     elif axis == 0:
-        starts = [0]
-        for p in parts:
-            starts.append(starts[-1] + p.shape[0])
-        pieces = [p[max(r0 - s, 0):r1 - s] for p, s in zip(parts, starts) if s < r1 and s + p.shape[0] > r0]
+        pieces = [parts[k][a:b] for k, a, b in layout.row_bands([p.shape[0] for p in parts], r0, r1)]
     else:
         pieces = [parts[0][r0:r1]]
     out = torch.cat(pieces, dim=axis or 0) if len(pieces) > 1 else pieces[0].clone()
@@ -277,12 +274,7 @@ def _stored_rows(axis, parts, r0: int, r1: int) -> bytes | memoryview:
         bands = [(read(t, e, r0, r1), numel(e.shape[1:]) * e.itemsize) for t, e in parts]
         return b"".join(band[i * w:(i + 1) * w] for i in range(r1 - r0) for band, w in bands)
     if axis == 0:  # each shard holds a band of rows
-        pieces, s = [], 0
-        for t, e in parts:
-            a, b = max(r0 - s, 0), min(r1 - s, e.shape[0])
-            if a < b:
-                pieces.append(read(t, e, a, b))
-            s += e.shape[0]
+        pieces = [read(*parts[k], a, b) for k, a, b in layout.row_bands([e.shape[0] for _, e in parts], r0, r1)]
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
     return read(*parts[0], r0, r1)
 
@@ -348,19 +340,17 @@ class Writer:
         for c in chunks:
             r1 = r0 + c.shape[0]
             row_bytes = c.nbytes // max(c.shape[0], 1)
-            for rank, (fd, offsets) in enumerate(zip(self.fds, self.offsets)):
-                if axis == 1:  # each shard holds a column band of every row
-                    cols = c.shape[1] // self.mp
-                    piece, at = c[:, rank * cols:(rank + 1) * cols], r0 * row_bytes // self.mp
-                elif axis == 0:  # each shard holds a band of rows
-                    size = self.shapes[canonical][0] // self.mp
-                    a, b = max(r0, rank * size), min(r1, (rank + 1) * size)
-                    if a >= b:
-                        continue
-                    piece, at = c[a - r0:b - r0], (a - rank * size) * row_bytes
-                else:  # replicated
-                    piece, at = c, r0 * row_bytes
-                pwrite_all(fd, tensor_bytes(piece), offsets[name] + at)
+            if axis == 0:  # each shard holds a band of rows
+                size = self.shapes[canonical][0] // self.mp
+                places = [(k, c[k * size + a - r0:k * size + b - r0], a * row_bytes)
+                          for k, a, b in layout.row_bands([size] * self.mp, r0, r1)]
+            elif axis == 1:  # each shard holds a column band of every row
+                cols = c.shape[1] // self.mp
+                places = [(k, c[:, k * cols:(k + 1) * cols], r0 * row_bytes // self.mp) for k in range(self.mp)]
+            else:  # replicated
+                places = [(k, c, r0 * row_bytes) for k in range(self.mp)]
+            for k, piece, at in places:
+                pwrite_all(self.fds[k], tensor_bytes(piece), self.offsets[k][name] + at)
             r0 = r1
 
     def finish(self):

@@ -77,7 +77,8 @@ def read_tensor(path: Path, e: Entry, rows: tuple[int, int] | None = None) -> to
     start, end, shape = e.start, e.end, e.shape
     if rows is not None:
         row_bytes = (e.end - e.start) // shape[0]
-        start, end, shape = e.start + rows[0] * row_bytes, e.start + rows[1] * row_bytes, (rows[1] - rows[0], *shape[1:])
+        start, end = e.start + rows[0] * row_bytes, e.start + rows[1] * row_bytes
+        shape = (rows[1] - rows[0], *shape[1:])
     buf = torch.empty(end - start, dtype=torch.uint8)
     view, off = memoryview(buf.numpy()), start
     with open(path, "rb", buffering=0) as f:
