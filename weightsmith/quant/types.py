@@ -142,11 +142,6 @@ def _scratch(n: int) -> np.ndarray:
     return buf[:n]
 
 
-def relative_error(back: torch.Tensor, x: torch.Tensor) -> float:
-    """|back - x| / |x|, the figure the log prints for a quantized tensor."""
-    return relative(*squared_norms(back, x))
-
-
 def relative(err2: float, norm2: float) -> float:
     """The relative RMS error from quantize_into's (or squared_norms') sums, summed over row chunks."""
     return (err2 / max(norm2, 1e-300)) ** 0.5
