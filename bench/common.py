@@ -32,19 +32,34 @@ def llama_src() -> Path:
 
 
 def run(cmd, env=None, quiet=True) -> dict:
-    """Run cmd; its wall time and its own peak RSS (wait4's rusage of that child, not of this process)."""
+    """Run cmd; its wall time and its own peak RSS.
+
+    Linux starts a child's peak RSS at its parent's RSS when it forks (and keeps it across exec), so a command
+    started from this process (which may hold torch and transformers, ~300 MB) could never report less. It is
+    started instead by a small launcher (this file with --run, a bare Python of ~10 MB) that times it and takes its
+    rusage from wait4."""
+    import json
     import tempfile
-    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty tool must not block on a full pipe
-        t = time.perf_counter()
-        p = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL if quiet else None, stderr=log)
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t
-        p.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as log, tempfile.NamedTemporaryFile("r") as result:
+        launcher = [sys.executable, __file__, "--run", result.name, *map(str, cmd)]
+        p = subprocess.run(launcher, env=env, stdout=subprocess.DEVNULL if quiet else None, stderr=log)
         log.seek(0)
         err = log.read().decode(errors="replace")
-    if p.returncode != 0:
+        out = json.loads(result.read() or "{}")
+    if p.returncode != 0 or out.get("rc") != 0:
         sys.exit(f"failed: {' '.join(map(str, cmd))}\n{err[-3000:]}")
-    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024}
+    return {"wall": out["wall"], "rss_mb": out["rss_kb"] / 1024}
+
+
+def _launch(result: str, cmd: list[str]):
+    """--run: start cmd from this small process; write its exit code, wall time and peak RSS (KB) to result."""
+    import json
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    with open(result, "w") as f:
+        json.dump({"rc": os.waitstatus_to_exitcode(status), "wall": wall, "rss_kb": usage.ru_maxrss}, f)
 
 
 def size(p: Path) -> int:
@@ -82,4 +97,7 @@ def table(rows: list[list], head: list[str]):
 
 
 if __name__ == "__main__":
-    print(_compare(Path(sys.argv[1]), Path(sys.argv[2])))
+    if sys.argv[1] == "--run":
+        _launch(sys.argv[2], sys.argv[3:])
+    else:
+        print(_compare(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -151,7 +151,7 @@ def write_gguf(path: Path, kv, tensors: dict[str, torch.Tensor]):
     freqs = layout.llama3_rope_factors(HEAD_DIM, 500000.0, {"rope_type": "llama3", "factor": 8.0,
                                                               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                               "original_max_position_embeddings": 8192})
-    w.add_tensor("rope_freqs.weight", freqs.numpy().astype(np.float32))
+    w.add_tensor("rope_freqs.weight", freqs)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

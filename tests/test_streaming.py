@@ -58,3 +58,18 @@ def test_pieces_give_the_same_bytes_as_whole_tensors(built, tok_dir, tmp_path, m
         assert outs[piece].keys() == whole.keys()
         for name, data in whole.items():
             assert outs[piece][name] == data, (case, piece, name)
+
+
+def test_hf_to_gguf_never_imports_torch(built, tok_dir, tmp_path):
+    """HF -> GGUF (float casts, block quantization, Llama 3.1's rope_freqs) runs on numpy and the numba kernels
+    alone: importing torch would cost a second and ~100 MB of every conversion."""
+    import subprocess
+    import sys
+    code = ("import sys; from weightsmith.convert.pipeline import convert; "
+            "[convert(sys.argv[1], sys.argv[2] + f'/{t}.gguf', type_=t, tokenizer=sys.argv[3], quiet=True) "
+            "for t in ('f16', 'q8_0', 'q4_k_m', 'bf16', 'f32')]; print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(built.hf("llama31")), str(tmp_path), str(tok_dir)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+    assert len(list(tmp_path.glob("*.gguf"))) == 5

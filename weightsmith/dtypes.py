@@ -1,5 +1,11 @@
-"""The one dtype table: weightsmith's type names (safetensors' spelling) <-> torch dtypes."""
+"""The one dtype table: weightsmith's type names (safetensors' spelling) <-> torch dtypes and numpy dtypes.
+
+Tensors stream through a conversion as numpy arrays (torch is imported only where a model runs or a .pth is
+read): numpy has no bfloat16, so a BF16 array holds its values' bits as uint16, a dtype nothing else uses.
+"""
 from __future__ import annotations
+
+import numpy as np
 
 from .errors import BadInput, Unsupported
 from .lazy import torch
@@ -15,6 +21,8 @@ INT_TYPES = {
     "I32": ("int32", 4),
     "I64": ("int64", 8),
 }
+# name -> the numpy dtype an array of it has (BF16: its bits)
+NUMPY_TYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "I64": np.int64}
 STORAGE_TYPES = {**FLOAT_TYPES, **INT_TYPES}
 # torch's legacy storage classes, as a .pth pickle names them (GLOBAL torch.FloatStorage), -> (torch dtype's name,
 # bytes per element): torch.storage._dtype_to_storage_type_map() read backwards, for reading a .pth without torch.
@@ -57,7 +65,48 @@ def itemsize(name: str) -> int:
     return _entry(name)[1]
 
 
-def cast(t: torch.Tensor, name: str) -> torch.Tensor:
-    """Cast to the target type directly (bf16 -> f16 without an f32 detour; torch converts elementwise)."""
-    dt = torch_dtype(name)
-    return t if t.dtype == dt else t.to(dt)
+def numpy_dtype(name: str) -> np.dtype:
+    _entry(name)
+    return np.dtype(NUMPY_TYPES[name])
+
+
+def of_array(a: np.ndarray) -> str:
+    """The type name of an array's values (uint16: BF16 bits)."""
+    for name, dt in NUMPY_TYPES.items():
+        if a.dtype == dt:
+            return name
+    raise Unsupported(f"array dtype {a.dtype} is not one weightsmith converts ({', '.join(NUMPY_TYPES)})")
+
+
+def to_numpy(t) -> np.ndarray:
+    """A torch tensor's values as a numpy array sharing its memory (bf16 as uint16 bits); arrays pass as they are."""
+    if isinstance(t, np.ndarray):
+        return t
+    t = t.detach().cpu()
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def to_torch(a: np.ndarray) -> torch.Tensor:
+    """A numpy array (uint16: BF16 bits) as a torch tensor sharing its memory."""
+    if a.dtype == np.uint16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def cast(a: np.ndarray, name: str) -> np.ndarray:
+    """An array of F32/F16/BF16 values as type `name`, converted elementwise with no f32 copy of the whole
+    (bf16 -> f16 in one pass); rounding to nearest even as torch and ggml round, NaN kept as a quiet NaN."""
+    src = of_array(a)
+    if src == name:
+        return a
+    from .quant import cfloat
+    x = np.ascontiguousarray(a).reshape(-1)
+    out = np.empty(x.shape, numpy_dtype(name))
+    if name == "F32":
+        cfloat.widen(x.view(np.uint16), out, src == "BF16")
+    elif src == "BF16" and name == "F16":
+        cfloat.bf16_to_fp16(x, out.view(np.uint16))
+    else:  # to F16 or BF16 from F32 (or from F16 to BF16: through F32, exact)
+        f = x if src == "F32" else cast(x, "F32")
+        (cfloat.fp16_from_f32 if name == "F16" else cfloat.bf16_from_f32)(f, out.view(np.uint16))
+    return out.reshape(a.shape)

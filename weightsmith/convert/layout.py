@@ -5,23 +5,24 @@ HF row order within a head is [x0, x2, x4, ..., x1, x3, x5, ...] of Meta's [x0, 
 """
 from __future__ import annotations
 
-from ..lazy import torch
+import numpy as np
 
 from ..errors import BadInput
+from ..lazy import torch
 
 
-def rope_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Meta/GGUF interleaved -> HF half-split. n_heads is n_kv_heads for k."""
+def rope_to_hf(w, n_heads: int):
+    """Meta/GGUF interleaved -> HF half-split, of a numpy array or torch tensor. n_heads is n_kv_heads for k."""
     rows, cols = w.shape
     hd = rows // n_heads
-    return w.view(n_heads, hd // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    return w.reshape(n_heads, hd // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def rope_from_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+def rope_from_hf(w, n_heads: int):
     """HF half-split -> Meta/GGUF interleaved: the exact inverse of rope_to_hf."""
     rows, cols = w.shape
     hd = rows // n_heads
-    return w.view(n_heads, 2, hd // 2, cols).transpose(1, 2).reshape(rows, cols)
+    return w.reshape(n_heads, 2, hd // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
 def rope_heads(role: str | None, config) -> int | None:
@@ -91,18 +92,18 @@ def row_bands(shard_rows: list[int], r0: int, r1: int) -> list[tuple[int, int, i
 
 # --- Llama 3.1 rope scaling ---------------------------------------------------------------------------------
 
-def llama3_rope_factors(head_dim: int, theta: float, scaling: dict) -> torch.Tensor:
-    """Per-frequency divisors of Llama 3.1 rope scaling (GGUF's rope_freqs.weight): 1 for high frequencies,
-    `factor` for low ones, a smooth blend between (Meta's apply_scaling)."""
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict) -> np.ndarray:
+    """Per-frequency divisors of Llama 3.1 rope scaling (GGUF's rope_freqs.weight), float32: 1 for high
+    frequencies, `factor` for low ones, a smooth blend between (Meta's apply_scaling, in float64)."""
     factor, low, high = scaling["factor"], scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
     old_ctx = scaling.get("original_max_position_embeddings", 8192)
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    wavelen = 2 * torch.pi / freqs
-    smooth = (old_ctx / wavelen - low) / (high - low)
-    blended = 1.0 / ((1 - smooth) / factor + smooth)
-    out = torch.where(wavelen < old_ctx / high, torch.ones_like(freqs),
-                      torch.where(wavelen > old_ctx / low, torch.full_like(freqs, factor), blended))
-    return out.float()
+    with np.errstate(all="ignore"):  # a file's theta of 0 or a scaling's factor of 0: inf/NaN, which match nothing
+        freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+        wavelen = 2 * np.pi / freqs
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        blended = 1.0 / ((1 - smooth) / factor + smooth)
+        out = np.where(wavelen < old_ctx / high, 1.0, np.where(wavelen > old_ctx / low, factor, blended))
+        return out.astype(np.float32)
 
 
 # The Llama 3.x releases' settings, tried in turn to name a rope_freqs tensor found in a GGUF file.
@@ -110,11 +111,11 @@ LLAMA3_SCALINGS = [{"rope_type": "llama3", "factor": f, "low_freq_factor": 1.0, 
                     "original_max_position_embeddings": 8192} for f in (8.0, 32.0, 16.0, 4.0, 2.0, 64.0)]
 
 
-def llama3_scaling_from_factors(factors: torch.Tensor, head_dim: int, theta: float) -> dict | None:
-    if factors.numel() != head_dim // 2:  # one factor per rotary pair (and no head_dim-sized work on a mismatch)
+def llama3_scaling_from_factors(factors: np.ndarray, head_dim: int, theta: float) -> dict | None:
+    if factors.size != head_dim // 2:  # one factor per rotary pair (and no head_dim-sized work on a mismatch)
         return None
     for s in LLAMA3_SCALINGS:
         want = llama3_rope_factors(head_dim, theta, s)
-        if want.shape == factors.shape and torch.allclose(factors.float(), want, rtol=1e-4):
+        if want.shape == factors.shape and np.allclose(factors.astype(np.float32), want, rtol=1e-4, atol=1e-8):
             return dict(s)
     return None

@@ -124,10 +124,10 @@ class _Tensor:
         self.err2 = self.norm2 = 0.0
 
     def _plan(self, cfg) -> list[tuple[int, int] | None]:
-        """The row ranges it is read in; [None] for one piece holding it whole (1-D tensors, bytes passed through,
+        """The row ranges it is read in; [None] for one piece holding it whole (0-d tensors, bytes passed through,
         readers that cannot read rows, int8/int4 packing). Rope q/k ranges hold whole heads (relayout is per head)."""
         ref = self.ref
-        if ref.rows is None or len(ref.shape) < 2 or _passes_through(ref, self.t) or compressed.get(self.t):
+        if ref.rows is None or not ref.shape or _passes_through(ref, self.t) or compressed.get(self.t):
             return [None]
         n_rows = ref.shape[0]
         heads = layout.rope_heads(mapping.canonical(ref.canonical).row.rope, cfg)
@@ -136,11 +136,12 @@ class _Tensor:
         return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
 
     def read(self, rows):
-        """Rows [r0, r1) (None: all) as stored: quantized bytes to pass through, or values in canonical layout."""
+        """Rows [r0, r1) (None: all) as stored: quantized bytes to pass through, or values in canonical layout, as
+        a numpy array (dtypes.NUMPY_TYPES)."""
         ref = self.ref
         if _passes_through(ref, self.t):
             return ref.raw()
-        return ref.load() if rows is None else ref.rows(*rows)
+        return dtypes.to_numpy(ref.load()) if rows is None else ref.rows(*rows)
 
     def convert(self, data):
         """A piece read() gave, as what the writer takes."""
@@ -155,7 +156,7 @@ class _Tensor:
             return dtypes.cast(x, t)
         scheme = compressed.get(t)
         if scheme:  # whole tensor: int8 per channel, int4 per group of columns
-            x = x.float()
+            x = dtypes.to_torch(x).float()
             data = compressed.quantize(x, scheme, self.float_dtype)
             self.err2, self.norm2 = quant.squared_norms(compressed.dequantize(data.packed, data.scale, scheme), x)
             return data
@@ -179,27 +180,21 @@ class _Tensor:
 def _staged(pieces):
     """Each (tensor, rows) piece read and converted, in order, in three stages that overlap: while the caller writes
     piece k, piece k+1 is converted (quantized on all cores) and piece k+2 read, each stage on its own thread.
-    File I/O, torch ops and the quantize kernels release the GIL; at most four pieces are in memory."""
+    File I/O and the numba kernels release the GIL; at most four pieces are in memory."""
     from concurrent.futures import ThreadPoolExecutor
     from ..formats.common import map_large_allocations
-    from ..lazy import torch
     map_large_allocations()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the cores are already busy with these threads; an OpenMP team would only wait on them
-    try:
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as converter:
-            reads = [reader.submit(c.read, rows) for c, rows in pieces[:2]]
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as converter:
+        reads = [reader.submit(c.read, rows) for c, rows in pieces[:2]]
 
-            def convert(k):
-                return pieces[k][0].convert(reads[k].result())
-            ahead = converter.submit(convert, 0) if pieces else None
-            for k in range(len(pieces)):
-                out = ahead.result()
-                reads[k] = None  # the source piece is converted: let it go
-                if k + 2 < len(pieces):
-                    reads.append(reader.submit(pieces[k + 2][0].read, pieces[k + 2][1]))
-                ahead = converter.submit(convert, k + 1) if k + 1 < len(pieces) else None
-                yield out
-                del out
-    finally:
-        torch.set_num_threads(threads)
+        def convert(k):
+            return pieces[k][0].convert(reads[k].result())
+        ahead = converter.submit(convert, 0) if pieces else None
+        for k in range(len(pieces)):
+            out = ahead.result()
+            reads[k] = None  # the source piece is converted: let it go
+            if k + 2 < len(pieces):
+                reads.append(reader.submit(pieces[k + 2][0].read, pieces[k + 2][1]))
+            ahead = converter.submit(convert, k + 1) if k + 1 < len(pieces) else None
+            yield out
+            del out

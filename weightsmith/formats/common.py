@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..lazy import torch
-
+from .. import dtypes
 from ..errors import BadInput
+from ..lazy import torch
 
 
 @dataclass(frozen=True)
@@ -38,17 +38,9 @@ def write_json(path: Path, obj):
         f.write("\n")
 
 
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """The tensor's raw little-endian bytes without a copy when it is already contiguous."""
-    t = t.contiguous()
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
-
-
 def as_bytes(t) -> memoryview:
-    """A tensor's or array's bytes, as written to a file."""
-    if isinstance(t, torch.Tensor):
-        return tensor_bytes(t)
-    return memoryview(np.ascontiguousarray(t).reshape(-1).view(np.uint8))
+    """An array's or torch tensor's raw little-endian bytes, as written to a file (no copy when contiguous)."""
+    return memoryview(np.ascontiguousarray(dtypes.to_numpy(t)).reshape(-1).view(np.uint8))
 
 
 class Streamed:

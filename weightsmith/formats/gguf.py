@@ -14,6 +14,8 @@ supplies the value and ggml types, block sizes, dequantization and the writer.
 """
 from __future__ import annotations
 
+from __future__ import annotations
+
 import functools
 import mmap
 import re
@@ -293,12 +295,13 @@ def read(path: Path) -> Checkpoint:
             shape = tuple(reversed(t.dims))
             loader = _Loader(h, t, shape)
             refs[t.name] = TensorRef(t.name, t.name, shape, t.qtype.name, t.nbytes, loader, loader.raw,
-                                     rows=loader.rows if len(shape) > 1 else None)
+                                     rows=loader.rows if shape else None)
     shapes = {k: r.shape for k, r in refs.items()}
     cfg = from_gguf_metadata(kv, shapes, str(path))
     check_shapes(cfg, shapes, lambda c: c, str(path))  # first: the rope check below allocates head_dim values
     if rope_freqs is not None and cfg.rope_scaling is None:
-        cfg.rope_scaling = layout.llama3_scaling_from_factors(rope_freqs(), cfg.head_dim, cfg.rope_theta)
+        cfg.rope_scaling = layout.llama3_scaling_from_factors(rope_freqs.rows(0, rope_freqs.shape[0]), cfg.head_dim,
+                                                              cfg.rope_theta)
         if cfg.rope_scaling is None:  # never drop scaling silently: the model would be wrong past 8K tokens
             raise Unsupported(f"{path}: rope_freqs.weight matches no Llama 3.x rope scaling weightsmith knows")
     summary = {k: (f"[{len(v)} items]" if isinstance(v, (list, _Array)) and len(v) > SHORT_ARRAY else v)
@@ -320,17 +323,18 @@ class _Loader:
         return np.frombuffer(self.header.buf, np.uint8, (r1 - r0) * row, self.t.start + r0 * row)
 
     def __call__(self) -> torch.Tensor:
-        return self.rows(0, self.shape[0])
+        return dtypes.to_torch(self.rows(0, self.shape[0]))
 
-    def rows(self, r0: int, r1: int) -> torch.Tensor:
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) as a fresh numpy array: float values as stored, quantized ones dequantized to f32."""
         gguf, _ = _gguf()
         t, data, shape = self.t, self._bytes(r0, r1), (r1 - r0, *self.shape[1:])
         try:
             if dtypes.is_float(t.qtype.name):
-                out = torch.from_numpy(data.copy()).view(dtypes.torch_dtype(t.qtype.name))
+                out = data.view(dtypes.numpy_dtype(t.qtype.name)).copy()
             else:
-                out = torch.from_numpy(gguf.quants.dequantize(
-                    data.reshape(gguf.quants.quant_shape_to_byte_shape(shape, t.qtype)), t.qtype))
+                out = gguf.quants.dequantize(
+                    data.reshape(gguf.quants.quant_shape_to_byte_shape(shape, t.qtype)), t.qtype)
         except NotImplementedError:
             raise Unsupported(f"{self.header.file}: tensor {t.name} has type {t.qtype.name}, which gguf-py cannot "
                               f"dequantize") from None
@@ -415,7 +419,7 @@ class Writer:
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         tokenizer.to_gguf(w, vocab.padded(cfg.vocab_size))
         if rope_freqs is not None:
-            w.add_tensor_info("rope_freqs.weight", list(rope_freqs.shape), np.dtype(np.float32), rope_freqs.numel() * 4)
+            w.add_tensor_info("rope_freqs.weight", list(rope_freqs.shape), np.dtype(np.float32), rope_freqs.nbytes)
         for s in specs:
             block, size = gguf.GGML_QUANT_SIZES[_ggml_type(s.dtype)]  # floats too: blocks of one
             self.nbytes[s.canonical] = nbytes = int(np.prod(s.shape)) // block * size
@@ -426,7 +430,7 @@ class Writer:
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         if rope_freqs is not None:
-            w.write_tensor_data(rope_freqs.numpy())
+            w.write_tensor_data(rope_freqs)
 
     def name(self, canonical: str) -> str:
         return canonical

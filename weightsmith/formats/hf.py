@@ -8,7 +8,7 @@ from ..config import check_shapes, from_hf_config, to_hf_config
 from ..convert import layout, mapping, tokenizer
 from ..errors import BadInput
 from ..quant import compressed
-from .common import Spec, confined, copy_files, read_json, tensor_bytes, write_json
+from .common import Spec, as_bytes, confined, copy_files, read_json, write_json
 from .safetensors_file import header_bytes, read_header, read_tensor
 
 INDEX = "model.safetensors.index.json"
@@ -57,7 +57,7 @@ def read(path: Path) -> Checkpoint:
                 continue
             loader = _Loader(file, e)
             _add(refs, e.name, file, TensorRef(e.name, "", e.shape, e.dtype, e.end - e.start, loader,
-                                               rows=loader.rows if len(e.shape) > 1 else None))
+                                               rows=loader.rows if e.shape else None))
     for module, parts in packed.items():
         missing = [s for s in compressed.SUFFIXES if s not in parts]
         if missing:
@@ -99,10 +99,11 @@ class _Loader:
         self.file, self.entry, self.heads = file, entry, None
 
     def __call__(self):
-        return self.unrope(read_tensor(self.file, self.entry))
+        return dtypes.to_torch(self.unrope(read_tensor(self.file, self.entry)))
 
     def rows(self, r0: int, r1: int):
-        """Rows [r0, r1) alone; a rope tensor's range holds whole heads (the pipeline cuts at head boundaries)."""
+        """Rows [r0, r1) alone, as numpy; a rope tensor's range holds whole heads (the pipeline cuts at head
+        boundaries)."""
         return self.unrope(read_tensor(self.file, self.entry, (r0, r1)))
 
     def unrope(self, t):
@@ -118,7 +119,7 @@ class _PackedLoader(_Loader):
         self.parts, self.scheme, self.shape = parts, scheme, shape
 
     def __call__(self):
-        t = {s: read_tensor(f, e) for s, (f, e) in self.parts.items()}
+        t = {s: dtypes.to_torch(read_tensor(f, e)) for s, (f, e) in self.parts.items()}
         if tuple(t["weight_shape"].tolist()) != self.shape or t["weight_scale"].shape[0] != self.shape[0] \
                 or self.shape[1] % max(t["weight_scale"].shape[1], 1):
             raise BadInput(f"{self.file}: {self.entry.name}: weight_shape {t['weight_shape'].tolist()} / "
@@ -207,11 +208,11 @@ class Writer:
                 module = self.name(canonical).removesuffix(".weight")
                 kind = module.split(".", 3)[-1]  # model.layers.N.self_attn.q_proj -> self_attn.q_proj
                 self.quantized.setdefault(compressed.group_size(self.scheme, t.shape[1]), set()).add(kind)
-                parts = [layout.rope_to_hf(p, share) if share and p.dim() == 2 else p for p in t.parts().values()]
+                parts = [layout.rope_to_hf(p, share) if share and p.ndim == 2 else p for p in t.parts().values()]
             else:
                 parts = [layout.rope_to_hf(t, share) if share else t]
             for p in parts:
-                self.fh.write(tensor_bytes(p))
+                self.fh.write(as_bytes(p))
             rows += t.shape[0]
         assert rows == spec.shape[0], (canonical, rows, spec.shape)
         self.pos += 1

@@ -17,6 +17,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from ..lazy import torch
 
 from .. import dtypes
@@ -26,8 +28,8 @@ from ..convert import layout, mapping, tokenizer
 from ..convert.log import warn
 from ..errors import BadInput, Unsupported
 from . import pth_file
-from .common import (Spec, confined, copy_files, pwrite_all, read_json, release_mapped, release_mapped_range,
-                     tensor_bytes, write_json)
+from .common import (Spec, as_bytes, confined, copy_files, pwrite_all, read_json, release_mapped,
+                     release_mapped_range, write_json)
 
 SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth$")
 TOKENIZER_FILES = ("tokenizer.model",)
@@ -164,7 +166,7 @@ def read(path: Path) -> Checkpoint:
             key, name.canonical, shape, dtype, numel(shape) * t0.itemsize,
             lambda shards=shards, axis=axis, key=key: _load(axis, _parts(shards, key), key),
             rows=(lambda r0, r1, shards=shards, axis=axis, key=key: _rows(axis, _parts(shards, key), r0, r1))
-            if len(shape) > 1 else None)
+            if shape else None)
     for r, sd in enumerate(sds[1:], 1):
         extra = set(sd) - set(sds[0])
         if extra:
@@ -196,8 +198,9 @@ def _load(axis, parts, key) -> torch.Tensor:
     return t
 
 
-def _rows(axis, parts, r0: int, r1: int) -> torch.Tensor:
-    """Rows [r0, r1) of the merged tensor, from the shards that hold them (replicas: the first), as a fresh copy."""
+def _rows(axis, parts, r0: int, r1: int) -> np.ndarray:
+    """Rows [r0, r1) of the merged tensor, from the shards that hold them (replicas: the first), as a fresh numpy
+    array."""
     if axis == 1:
         pieces = [p[r0:r1] for p in parts]
     elif axis == 0:
@@ -207,7 +210,7 @@ def _rows(axis, parts, r0: int, r1: int) -> torch.Tensor:
     out = torch.cat(pieces, dim=axis or 0) if len(pieces) > 1 else pieces[0].clone()
     for p in pieces:
         release_mapped_range(p.data_ptr(), p.nbytes)
-    return out
+    return dtypes.to_numpy(out)
 
 
 TIED_SAMPLE = 64  # rows of output.weight compared with tok_embeddings when the checkpoint is read
@@ -350,7 +353,7 @@ class Writer:
             else:  # replicated
                 places = [(k, c, r0 * row_bytes) for k in range(self.mp)]
             for k, piece, at in places:
-                pwrite_all(self.fds[k], tensor_bytes(piece), self.offsets[k][name] + at)
+                pwrite_all(self.fds[k], as_bytes(piece), self.offsets[k][name] + at)
             r0 = r1
 
     def finish(self):

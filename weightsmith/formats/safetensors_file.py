@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..lazy import torch
+import numpy as np
 
 from .. import dtypes
 from ..checkpoint import numel
@@ -72,22 +72,23 @@ def _count(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0  # JSON true is a Python int
 
 
-def read_tensor(path: Path, e: Entry, rows: tuple[int, int] | None = None) -> torch.Tensor:
-    """The tensor, or only rows [r0, r1) of it (its first dimension): one pread into a fresh buffer."""
+def read_tensor(path: Path, e: Entry, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """The tensor, or only rows [r0, r1) of it (its first dimension), as a numpy array (dtypes.NUMPY_TYPES): one
+    pread into a fresh buffer."""
     start, end, shape = e.start, e.end, e.shape
     if rows is not None:
         row_bytes = (e.end - e.start) // shape[0]
         start, end = e.start + rows[0] * row_bytes, e.start + rows[1] * row_bytes
         shape = (rows[1] - rows[0], *shape[1:])
-    buf = torch.empty(end - start, dtype=torch.uint8)
-    view, off = memoryview(buf.numpy()), start
+    buf = np.empty(end - start, dtype=np.uint8)
+    view, off = memoryview(buf), start
     with open(path, "rb", buffering=0) as f:
         while len(view):
             got = os.preadv(f.fileno(), [view], off)
             if got <= 0:
                 raise BadInput(f"{path}: tensor {e.name}: file ended early (truncated)")
             view, off = view[got:], off + got
-    return buf.view(dtypes.torch_dtype(e.dtype)).reshape(shape)
+    return buf.view(dtypes.numpy_dtype(e.dtype)).reshape(shape)
 
 
 def header_bytes(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict | None = None) -> bytes:

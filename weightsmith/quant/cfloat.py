@@ -97,14 +97,15 @@ def fp16_bits(v):
 
 @njit(**JIT)
 def fp16_value(h):
-    """GGML_FP16_TO_FP32 of uint16 bits h (exact)."""
+    """GGML_FP16_TO_FP32 of uint16 bits h: exact; a NaN comes back quietened, as F16C's vcvtph2ps (and torch)
+    return it."""
     e = (h >> 10) & 0x1F
     m = h & 0x3FF
     if e == 0:
         v = f32(m) * f32(2.0 ** -24)
         return -v if h & 0x8000 else v
     if e == 31:
-        bits = ((h & 0x8000) << 16) | 0x7F800000 | (m << 13)
+        bits = ((h & 0x8000) << 16) | 0x7F800000 | (m << 13) | (0x400000 if m else 0)
     else:
         bits = ((h & 0x8000) << 16) | ((e + 112) << 23) | (m << 13)
     return _from_bits(np.int32(bits))
@@ -125,3 +126,35 @@ def widen(src, dst, bf16):
     for i in range(src.shape[0]):
         h = np.int64(src[i])
         dst[i] = _from_bits(np.int32(h << 16)) if bf16 else fp16_value(h)
+
+
+
+@njit(**JIT)
+def half_bits(v):
+    """IEEE half bits of float32 v as x86's F16C (and torch) converts: fp16_bits, except that a NaN keeps its
+    sign and the top of its payload (quietened) where GGML_FP32_TO_FP16's portable C writes 0x7E00."""
+    w = np.int64(_bits(v)) & 0xFFFFFFFF
+    if (w & 0x7FFFFFFF) > 0x7F800000:
+        return ((w >> 16) & 0x8000) | 0x7E00 | ((w & 0x7FFFFF) >> 13)
+    return fp16_bits(v)
+
+
+@njit("void(uint16[::1], uint16[::1])", **JIT)
+def bf16_to_fp16(src, dst):
+    """bfloat16 bits to IEEE half bits in one pass (the float32 between them is exact)."""
+    for i in range(src.shape[0]):
+        dst[i] = half_bits(_from_bits(np.int32(np.int64(src[i]) << 16)))
+
+
+@njit("void(float32[::1], uint16[::1])", **JIT)
+def fp16_from_f32(src, dst):
+    for i in range(src.shape[0]):
+        dst[i] = half_bits(src[i])
+
+
+@njit("void(float32[::1], uint16[::1])", **JIT)
+def bf16_from_f32(src, dst):
+    """float32 to bfloat16 bits: to nearest even; a NaN keeps its sign and payload's top, quietened (gguf-py's)."""
+    for i in range(src.shape[0]):
+        w = np.int64(_bits(src[i])) & 0xFFFFFFFF
+        dst[i] = ((w >> 16) | 0x40) if (w & 0x7FFFFFFF) > 0x7F800000 else (w + 0x7FFF + ((w >> 16) & 1)) >> 16

@@ -1,14 +1,17 @@
 """The quantized types weightsmith writes: block geometry (from gguf-py's table, the one ggml uses) and the
 numba kernel for each (legacy.py, kquants.py). Dequantization is gguf-py's."""
+from __future__ import annotations
+
 import functools
 import importlib
 import threading
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from .. import dtypes
 from ..errors import BadInput, Unsupported
+from ..lazy import torch
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,12 @@ def get(name: str) -> QuantType:
 CHUNK = 1 << 18  # values per task: a float32 slice (1 MB) stays in cache, and tasks are many enough to balance cores
 
 
-def quantize(t: torch.Tensor, name: str, tensor_name: str = "tensor") -> np.ndarray:
+def quantize(t, name: str, tensor_name: str = "tensor") -> np.ndarray:
     """A [rows, n] weight as ggml's bytes for type `name`: uint8 [rows, n / block * type_size]."""
     return quantize_with_error(t, name, tensor_name)[0]
 
 
-def quantize_with_error(t: torch.Tensor, name: str, tensor_name: str = "tensor") -> tuple[np.ndarray, float]:
+def quantize_with_error(t, name: str, tensor_name: str = "tensor") -> tuple[np.ndarray, float]:
     """quantize(), plus the relative RMS error of the values the bytes dequantize to."""
     qt = get(name)
     x = t.reshape(-1, t.shape[-1])
@@ -82,9 +85,10 @@ def quantize_with_error(t: torch.Tensor, name: str, tensor_name: str = "tensor")
     return out, relative(*quantize_into(x, name, out, tensor_name))
 
 
-def quantize_into(x: torch.Tensor, name: str, out: np.ndarray, tensor_name: str = "tensor") -> tuple[float, float]:
-    """Rows x [rows, n] (any float dtype) as type `name`'s bytes, written into out (uint8 [rows, n / block *
-    type_size], C-contiguous); returns |dequantized - x|^2 and |x|^2 (float64) for the relative error.
+def quantize_into(x, name: str, out: np.ndarray, tensor_name: str = "tensor") -> tuple[float, float]:
+    """Rows x [rows, n] (a float array, BF16 as uint16 bits, or a torch tensor) as type `name`'s bytes, written
+    into out (uint8 [rows, n / block * type_size], C-contiguous); returns |dequantized - x|^2 and |x|^2 (float64)
+    for the relative error.
 
     Converted to float32 slice by slice, in the worker threads: a float32 copy of the whole matrix never exists."""
     qt = get(name)
@@ -96,7 +100,7 @@ def quantize_into(x: torch.Tensor, name: str, out: np.ndarray, tensor_name: str 
                          f"not {out.dtype} {out.shape}")
     kernel, block = qt.kernel, qt.block
     blocks = out.reshape(-1, qt.type_size)
-    floats = _float32_slices(x.contiguous().reshape(-1))
+    floats = _float32_slices(np.ascontiguousarray(dtypes.to_numpy(x)).reshape(-1))
     step = max(CHUNK // block, 1)
 
     def task(b0):
@@ -112,22 +116,21 @@ def quantize_into(x: torch.Tensor, name: str, out: np.ndarray, tensor_name: str 
     return sum(e for e, _, _ in sums), sum(s for _, s, _ in sums)
 
 
-def _float32_slices(flat: torch.Tensor):
-    """(start, stop) -> flat[start:stop] as a float32 numpy array: a view of float32, widened from bf16/f16 by a
-    numba kernel (no torch op in the worker threads), cast by torch for anything else."""
-    if flat.dtype == torch.float32:
-        a = flat.numpy()
-        return lambda s0, s1: a[s0:s1]
-    if flat.dtype in (torch.bfloat16, torch.float16):
+def _float32_slices(flat: np.ndarray):
+    """(start, stop) -> flat[start:stop] as float32: a view of float32, widened from bf16 (uint16 bits) or f16 by a
+    numba kernel into the thread's scratch, cast by numpy for anything else (float64)."""
+    if flat.dtype == np.float32:
+        return lambda s0, s1: flat[s0:s1]
+    if flat.dtype in (np.uint16, np.float16):
         from .cfloat import widen
-        bits, bf16 = flat.view(torch.int16).numpy().view(np.uint16), flat.dtype == torch.bfloat16
+        bits, bf16 = flat.view(np.uint16), flat.dtype == np.uint16
 
         def widened(s0, s1):
             dst = _scratch(s1 - s0)
             widen(bits[s0:s1], dst, bf16)
             return dst
         return widened
-    return lambda s0, s1: flat[s0:s1].to(torch.float32).numpy()
+    return lambda s0, s1: flat[s0:s1].astype(np.float32)
 
 
 _SCRATCH = threading.local()

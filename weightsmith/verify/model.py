@@ -61,7 +61,7 @@ def rope_inv_freq(cfg) -> torch.Tensor:
     if rs:
         kind = rs.get("rope_type", rs.get("type"))
         if kind == "llama3":
-            inv = inv / layout.llama3_rope_factors(hd, cfg.rope_theta, rs).double()
+            inv = inv / torch.from_numpy(layout.llama3_rope_factors(hd, cfg.rope_theta, rs)).double()
         elif kind == "linear":
             inv = inv / rs["factor"]
         else:
