@@ -72,27 +72,18 @@ def int8(i):
 
 @njit(**JIT)
 def fp16_bits(v):
-    """GGML_FP32_TO_FP16: round to nearest even, overflow to inf, NaN to 0x7E00 (sign kept), as uint16 bits."""
+    """float32 to IEEE half bits, as x86's F16C (which ggml and torch use) converts: round to nearest even, overflow
+    to inf, a NaN keeps its sign and the top of its payload, quietened. Branch-free, so loops over it vectorize:
+    |v| is scaled so that adding 2^(e-13) (e its exponent, at least half's smallest) leaves exactly half's 10
+    mantissa bits rounded by the FPU (maratyszcza/FP16's fp16_ieee_from_fp32_value)."""
+    base = (abs(v) * f32(2.0 ** 112)) * f32(2.0 ** -110)
     w = np.int64(_bits(v)) & 0xFFFFFFFF
-    sign = (w >> 16) & 0x8000
-    a = w & 0x7FFFFFFF
-    if a > 0x7F800000:
-        return sign | 0x7E00
-    if a >= 0x477FF000:  # 65520 and up round to inf
-        return sign | 0x7C00
-    if a >= 0x38800000:  # a normal half: rebias the exponent, round off 13 mantissa bits (a carry may reach inf)
-        a -= 0x38000000
-        return sign | ((a + 0xFFF + ((a >> 13) & 1)) >> 13)
-    if a < 0x33000000:  # below 2^-25 (and 2^-25 itself, a tie, goes to the even zero below)
-        return sign
-    m = (a & 0x7FFFFF) | 0x800000  # a subnormal half: m * 2^(e-150) in units of 2^-24 is m >> (126 - e)
-    s = 126 - (a >> 23)
-    q = m >> s
-    r = m & ((1 << s) - 1)
-    half = 1 << (s - 1)
-    if r > half or (r == half and q & 1):
-        q += 1
-    return sign | q
+    shl1 = (w + w) & 0xFFFFFFFF
+    bias = max(shl1 & 0xFF000000, 0x71000000)
+    bits = np.int64(_bits(_from_bits(np.int32((bias >> 1) + 0x07800000)) + base))
+    finite = ((bits >> 13) & 0x7C00) + (bits & 0x0FFF)
+    nan = 0x7E00 | ((w & 0x7FFFFF) >> 13)
+    return ((w >> 16) & 0x8000) | (nan if shl1 > 0xFF000000 else finite)
 
 
 @njit(**JIT)
@@ -129,27 +120,17 @@ def widen(src, dst, bf16):
 
 
 
-@njit(**JIT)
-def half_bits(v):
-    """IEEE half bits of float32 v as x86's F16C (and torch) converts: fp16_bits, except that a NaN keeps its
-    sign and the top of its payload (quietened) where GGML_FP32_TO_FP16's portable C writes 0x7E00."""
-    w = np.int64(_bits(v)) & 0xFFFFFFFF
-    if (w & 0x7FFFFFFF) > 0x7F800000:
-        return ((w >> 16) & 0x8000) | 0x7E00 | ((w & 0x7FFFFF) >> 13)
-    return fp16_bits(v)
-
-
 @njit("void(uint16[::1], uint16[::1])", **JIT)
 def bf16_to_fp16(src, dst):
     """bfloat16 bits to IEEE half bits in one pass (the float32 between them is exact)."""
     for i in range(src.shape[0]):
-        dst[i] = half_bits(_from_bits(np.int32(np.int64(src[i]) << 16)))
+        dst[i] = fp16_bits(_from_bits(np.int32(np.int64(src[i]) << 16)))
 
 
 @njit("void(float32[::1], uint16[::1])", **JIT)
 def fp16_from_f32(src, dst):
     for i in range(src.shape[0]):
-        dst[i] = half_bits(src[i])
+        dst[i] = fp16_bits(src[i])
 
 
 @njit("void(float32[::1], uint16[::1])", **JIT)
