@@ -60,16 +60,21 @@ def test_pieces_give_the_same_bytes_as_whole_tensors(built, tok_dir, tmp_path, m
             assert outs[piece][name] == data, (case, piece, name)
 
 
-def test_hf_to_gguf_never_imports_torch(built, tok_dir, tmp_path):
-    """HF -> GGUF (float casts, block quantization, Llama 3.1's rope_freqs) runs on numpy and the numba kernels
-    alone: importing torch would cost a second and ~100 MB of every conversion."""
+def test_hf_and_gguf_conversions_never_import_torch(built, tok_dir, tmp_path):
+    """HF -> GGUF (float casts, block quantization, Llama 3.1's rope_freqs), GGUF -> GGUF, GGUF -> HF and HF -> HF
+    run on numpy and the numba kernels alone: importing torch would cost a second and ~100 MB of every conversion
+    (Meta files are torch pickles, and int8/int4 packing is torch's)."""
     import subprocess
     import sys
-    code = ("import sys; from weightsmith.convert.pipeline import convert; "
-            "[convert(sys.argv[1], sys.argv[2] + f'/{t}.gguf', type_=t, tokenizer=sys.argv[3], quiet=True) "
-            "for t in ('f16', 'q8_0', 'q4_k_m', 'bf16', 'f32')]; print('torch' in sys.modules)")
+    code = ("import sys; from weightsmith.convert.pipeline import convert; src, out, tok = sys.argv[1:]; "
+            "[convert(src, f'{out}/{t}.gguf', type_=t, tokenizer=tok, quiet=True) "
+            "for t in ('f16', 'q8_0', 'q4_k_m', 'bf16', 'f32')]; "
+            "convert(f'{out}/q8_0.gguf', f'{out}/q4_0.gguf', type_='q4_0', quiet=True); "
+            "convert(f'{out}/q4_k_m.gguf', f'{out}/hf', to='hf', quiet=True); "
+            "convert(f'{out}/hf', f'{out}/hf-f16', to='hf', type_='f16', quiet=True); "
+            "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code, str(built.hf("llama31")), str(tmp_path), str(tok_dir)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
-    assert len(list(tmp_path.glob("*.gguf"))) == 5
+    assert len(list(tmp_path.glob("*.gguf"))) == 6 and (tmp_path / "hf-f16" / "model.safetensors").is_file()

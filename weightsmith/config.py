@@ -227,7 +227,7 @@ def from_hf_config(d: dict, shapes: dict, source="config.json") -> ModelConfig:
 
 def to_hf_config(cfg: ModelConfig, dtype_name: str) -> dict:
     from . import dtypes
-    torch_dtype = str(dtypes.torch_dtype(dtype_name)).removeprefix("torch.")
+    torch_dtype = dtypes.torch_name(dtype_name)
     d = dict(cfg.hf_extra)
     d.update({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",

@@ -48,8 +48,13 @@ def _entry(name: str) -> tuple[str, int]:
         raise Unsupported(f"tensor type {name} is not supported (expected one of {', '.join(STORAGE_TYPES)})") from None
 
 
+def torch_name(name: str) -> str:
+    """torch's name for the type ("bfloat16"), as HF's config.json spells it, without importing torch."""
+    return _entry(name)[0]
+
+
 def torch_dtype(name: str) -> torch.dtype:
-    return getattr(torch, _entry(name)[0])
+    return getattr(torch, torch_name(name))
 
 
 def type_name(dtype: torch.dtype | str) -> str:

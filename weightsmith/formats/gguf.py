@@ -14,8 +14,6 @@ supplies the value and ggml types, block sizes, dequantization and the writer.
 """
 from __future__ import annotations
 
-from __future__ import annotations
-
 import functools
 import mmap
 import re
@@ -31,7 +29,7 @@ from ..checkpoint import Checkpoint, TensorRef, numel, order
 from ..config import check_shapes, from_gguf_metadata
 from ..convert import layout, mapping, tokenizer
 from ..errors import BadInput, Unsupported
-from .common import Streamed, release_mapped_range
+from .common import DirectFile, as_bytes, release_mapped_range
 
 MAGIC = b"GGUF"
 # ggml types that never hold model weights: integers, f64, and the block types only matmuls use internally
@@ -429,19 +427,38 @@ class Writer:
         w.write_header_to_file(path=out)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
+        # gguf-py has laid out header, key/values and tensor infos; the data sections are ours to write, each
+        # tensor at the next multiple of the alignment in its file, in the order of the infos (as write_tensor_data)
+        self.file_of = {name: k for k, tensors in enumerate(w.tensors) for name in tensors}
+        self.sinks = []
+        for fout in w.fout:
+            fout.flush()
+            self.sinks.append(DirectFile(fout.name, fout.tell()))
         if rope_freqs is not None:
-            w.write_tensor_data(rope_freqs)
+            self._write("rope_freqs.weight", rope_freqs.nbytes, [rope_freqs])
 
     def name(self, canonical: str) -> str:
         return canonical
 
     def write(self, canonical: str, chunks):
-        """chunks: the tensor's rows in order, in pieces (float tensors or quantized bytes), streamed to the file."""
-        self.w.write_tensor_data(Streamed(self.nbytes[canonical], chunks))
+        """chunks: the tensor's rows in order, in pieces (float arrays or quantized bytes), streamed to the file."""
+        self._write(canonical, self.nbytes[canonical], chunks)
+
+    def _write(self, name: str, nbytes: int, chunks):
+        sink = self.sinks[self.file_of[name]]
+        sink.write(bytes(-sink.tell() % self.w.data_alignment))
+        written = sum(sink.write(as_bytes(c)) for c in chunks)
+        if written != nbytes:
+            raise AssertionError(f"{name}: streamed {written} bytes of a {nbytes}-byte tensor")
 
     def finish(self):
+        for sink in self.sinks:
+            sink.write(bytes(-sink.tell() % self.w.data_alignment))  # the last tensor's padding, as gguf-py writes
+            sink.close()
         self.close()
 
     def close(self):
+        for sink in getattr(self, "sinks", []):
+            sink.abort()
         if self.w.fout is not None:
             self.w.close()

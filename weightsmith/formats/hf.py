@@ -8,7 +8,7 @@ from ..config import check_shapes, from_hf_config, to_hf_config
 from ..convert import layout, mapping, tokenizer
 from ..errors import BadInput
 from ..quant import compressed
-from .common import Spec, as_bytes, confined, copy_files, read_json, write_json
+from .common import DirectFile, Spec, as_bytes, confined, copy_files, read_json, write_json
 from .safetensors_file import header_bytes, read_header, read_tensor
 
 INDEX = "model.safetensors.index.json"
@@ -168,7 +168,7 @@ class Writer:
             [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         self.queue = [(fi, s) for fi, shard in enumerate(self.shards) for s in shard]
         self.pos = 0
-        self.fh = None
+        self.sink = None  # the open shard's data, written through formats.common.DirectFile
         self.weight_map = {}
         self.total = 0
         self.quantized: dict[int | None, set[str]] = {}  # int8/int4 group size -> projections
@@ -185,14 +185,14 @@ class Writer:
         return [(f"{module}.{suffix}", dt, sh) for suffix, dt, sh in compressed.stored(scheme, s.shape, self.dtype)]
 
     def _open(self, fi: int):
-        if self.fh:
-            self.fh.close()
+        self._close_shard()
         tensors = [t for s in self.shards[fi] for t in self._stored(s)]
         for name, dtype, shape in tensors:
             self.weight_map[name] = self.file_names[fi]
             self.total += numel(shape) * dtypes.itemsize(dtype)
-        self.fh = open(self.out / self.file_names[fi], "wb")
-        self.fh.write(header_bytes(tensors))
+        header = header_bytes(tensors)
+        (self.out / self.file_names[fi]).write_bytes(header)
+        self.sink = DirectFile(self.out / self.file_names[fi], len(header))
 
     def write(self, canonical: str, chunks):
         """chunks: the tensor's rows in order, in pieces of whole heads (a packed int8/int4 weight: one piece)."""
@@ -212,13 +212,18 @@ class Writer:
             else:
                 parts = [layout.rope_to_hf(t, share) if share else t]
             for p in parts:
-                self.fh.write(as_bytes(p))
+                self.sink.write(as_bytes(p))
             rows += t.shape[0]
         assert rows == spec.shape[0], (canonical, rows, spec.shape)
         self.pos += 1
 
+    def _close_shard(self):
+        if self.sink:
+            self.sink.close()
+            self.sink = None
+
     def finish(self):
-        self.close()
+        self._close_shard()
         if len(self.file_names) > 1:
             write_json(self.out / INDEX, {"metadata": {"total_size": self.total}, "weight_map": self.weight_map})
         config = to_hf_config(self.config, self.dtype)
@@ -238,6 +243,6 @@ class Writer:
                        {"bos_token_id": self.config.bos_token_id, "eos_token_id": self.config.eos_token_id})
 
     def close(self):
-        if self.fh:
-            self.fh.close()
-            self.fh = None
+        if self.sink:
+            self.sink.abort()
+            self.sink = None
