@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .lazy import torch
 
 from .config import ModelConfig
@@ -23,8 +25,9 @@ class TensorRef:
     nbytes: int
     load: Callable[[], torch.Tensor] = field(repr=False)
     raw: Callable[[], object] | None = field(default=None, repr=False)  # stored bytes of a quantized tensor (GGUF)
-    # rows(r0, r1): rows [r0, r1) of load() read alone, for readers that can (a rope tensor's range is whole heads)
-    rows: Callable[[int, int], torch.Tensor] | None = field(default=None, repr=False)
+    # rows(r0, r1): rows [r0, r1) of load() read alone, as a numpy array (dtypes.NUMPY_TYPES: bf16 as uint16 bits),
+    # for readers that can (a rope tensor's range is whole heads); conversions stream through it without torch
+    rows: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False)
 
 
 @dataclass

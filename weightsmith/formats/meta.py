@@ -207,10 +207,12 @@ def _rows(axis, parts, r0: int, r1: int) -> np.ndarray:
         pieces = [parts[k][a:b] for k, a, b in layout.row_bands([p.shape[0] for p in parts], r0, r1)]
     else:
         pieces = [parts[0][r0:r1]]
-    out = torch.cat(pieces, dim=axis or 0) if len(pieces) > 1 else pieces[0].clone()
+    # numpy, not torch.cat: torch ops here would start OpenMP teams that spin against the pipeline's own threads
+    arrays = [dtypes.to_numpy(p) for p in pieces]
+    out = np.concatenate(arrays, axis=axis or 0) if len(arrays) > 1 else arrays[0].copy()
     for p in pieces:
         release_mapped_range(p.data_ptr(), p.nbytes)
-    return dtypes.to_numpy(out)
+    return out
 
 
 TIED_SAMPLE = 64  # rows of output.weight compared with tok_embeddings when the checkpoint is read
