@@ -93,3 +93,15 @@ def test_checklist(meta1, area, ws):
     assert ws("convert", meta1, area / "out3", "--no-check", "-q").returncode == 0
     (meta1 / "checklist.chk").write_text(f"{'0' * 32}  ../params.json\n")  # a checklist naming files outside
     assert_clean_error(ws("convert", meta1, area / "out4"), must_mention="outside")
+
+
+def test_replicas_that_differ_between_shards(built, area, ws, tmp_path):
+    """Norms are replicated in every model-parallel shard: a copy that differs is an error, not shard 0's values."""
+    from oracles import meta_state
+    src = copy(built.meta("llama2_70b", 2), tmp_path / "mp2")
+    shards = meta_state(src)
+    shards[1]["norm.weight"] = shards[1]["norm.weight"] + 1
+    torch.save(shards[1], src / "consolidated.01.pth")
+    for to in ("hf", "meta"):
+        assert_clean_error(ws("convert", src, area / f"out-{to}", "--to", to, "-q"), area,
+                           must_mention="norm.weight: replicated tensor differs")

@@ -47,6 +47,17 @@ def test_cast_matches_torch(src, dst):
         assert np.array_equal(g, w)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("dst", ["F32", "F16", "BF16"])
+def test_integer_tensors_cast_like_torch(dtype, dst):
+    """A checkpoint may store a tensor as I32/I64: its values, converted as torch converts them."""
+    info = np.iinfo(dtype)
+    a = np.concatenate([np.arange(-70000, 70000, 7), [info.min, info.max, 2**24 + 1, 65520, -65519, 0]]).astype(dtype)
+    got = dtypes.cast(a.reshape(-1, 2), dst)
+    want = dtypes.to_numpy(torch.from_numpy(a.reshape(-1, 2)).to(TORCH[dst]))
+    assert got.shape == want.shape and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
 def test_cast_same_type_is_the_array_and_torch_round_trip():
     a = np.arange(12, dtype=np.uint16).reshape(3, 4)
     assert dtypes.cast(a, "BF16") is a

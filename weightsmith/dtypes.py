@@ -1,7 +1,8 @@
 """The one dtype table: weightsmith's type names (safetensors' spelling) <-> torch dtypes and numpy dtypes.
 
-Tensors stream through a conversion as numpy arrays (torch is imported only where a model runs or a .pth is
-read): numpy has no bfloat16, so a BF16 array holds its values' bits as uint16, a dtype nothing else uses.
+Tensors stream through a conversion as numpy arrays (torch is imported only to read or write a .pth, to pack or
+unpack int8/int4, and to run a model): numpy has no bfloat16, so a BF16 array holds its values' bits as uint16, a
+dtype nothing else uses.
 """
 from __future__ import annotations
 
@@ -104,6 +105,9 @@ def cast(a: np.ndarray, name: str) -> np.ndarray:
     src = of_array(a)
     if src == name:
         return a
+    if src in INT_TYPES:  # integers (a checkpoint may store any tensor so): through float32, as torch converts them
+        f = a.astype(np.float32)
+        return f if name == "F32" else cast(f, name)
     from .quant import cfloat
     x = np.ascontiguousarray(a).reshape(-1)
     out = np.empty(x.shape, numpy_dtype(name))

@@ -74,8 +74,8 @@ class AtomicOutput:
 
     def _write_failure(self, exc) -> str | None:
         """Why writing failed, when it is the destination's fault (disk full, quota, read-only, permissions).
-        numpy's tofile and torch's zip writer (the only OSErrors without an errno here; readers' carry one) report a
-        failed write without saying why: then the free space tells whether the disk is full."""
+        torch's zip writer (the only OSError without an errno here; readers' carry one) reports a failed write
+        without saying why: then the free space tells whether the disk is full."""
         if not isinstance(exc, OSError) or exc.filename and not str(exc.filename).startswith(str(self.tmp)):
             return None  # not an error, or one about another file (an unreadable source says so itself)
         if exc.errno in WRITE_ERRNOS:

@@ -94,7 +94,7 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
             tensors = [_Tensor(name, ref, t, w.name(name), default, cfg) for name, ref, t in jobs]
-            pieces = _staged([(c, rows) for c in tensors for rows in c.plan])
+            pieces = _staged([(c, rows) for c in tensors for rows in c.plan], any(c.uses_torch for c in tensors))
             for c in tensors:
                 w.write(c.name, (next(pieces) for _ in c.plan))
                 log.tensor(c.out_name, c.ref.shape, c.t, c.ref.nbytes, c.nbytes, c.note())
@@ -134,6 +134,11 @@ class _Tensor:
         unit = n_rows // heads if heads else 1
         step = max(PIECE_VALUES // max(numel(ref.shape[1:]) * unit, 1), 1) * unit
         return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+
+    @property
+    def uses_torch(self) -> bool:
+        """Packing to int8/int4 or unpacking from it: whole tensors through torch ops."""
+        return bool(compressed.get(self.t) or compressed.get(self.ref.dtype))
 
     def read(self, rows):
         """Rows [r0, r1) (None: all) as stored: quantized bytes to pass through, or values in canonical layout, as
@@ -177,24 +182,33 @@ class _Tensor:
         return note
 
 
-def _staged(pieces):
+def _staged(pieces, torch_work: bool = False):
     """Each (tensor, rows) piece read and converted, in order, in three stages that overlap: while the caller writes
     piece k, piece k+1 is converted (quantized on all cores) and piece k+2 read, each stage on its own thread.
-    File I/O and the numba kernels release the GIL; at most four pieces are in memory."""
+    File I/O, torch ops and the numba kernels release the GIL; at most four pieces are in memory."""
     from concurrent.futures import ThreadPoolExecutor
     from ..formats.common import map_large_allocations
     map_large_allocations()
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as converter:
-        reads = [reader.submit(c.read, rows) for c, rows in pieces[:2]]
+    torch = threads = None
+    if torch_work:  # torch's ops on one thread: an OpenMP team would only spin against the stages on busy cores
+        import torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as converter:
+            reads = [reader.submit(c.read, rows) for c, rows in pieces[:2]]
 
-        def convert(k):
-            return pieces[k][0].convert(reads[k].result())
-        ahead = converter.submit(convert, 0) if pieces else None
-        for k in range(len(pieces)):
-            out = ahead.result()
-            reads[k] = None  # the source piece is converted: let it go
-            if k + 2 < len(pieces):
-                reads.append(reader.submit(pieces[k + 2][0].read, pieces[k + 2][1]))
-            ahead = converter.submit(convert, k + 1) if k + 1 < len(pieces) else None
-            yield out
-            del out
+            def convert(k):
+                return pieces[k][0].convert(reads[k].result())
+            ahead = converter.submit(convert, 0) if pieces else None
+            for k in range(len(pieces)):
+                out = ahead.result()
+                reads[k] = None  # the source piece is converted: let it go
+                if k + 2 < len(pieces):
+                    reads.append(reader.submit(pieces[k + 2][0].read, pieces[k + 2][1]))
+                ahead = converter.submit(convert, k + 1) if k + 1 < len(pieces) else None
+                yield out
+                del out
+    finally:
+        if torch is not None:
+            torch.set_num_threads(threads)

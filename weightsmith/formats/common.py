@@ -61,7 +61,8 @@ class DirectFile:
         import mmap
         from concurrent.futures import ThreadPoolExecutor
         self.path, self.base = Path(path), start // self.ALIGN * self.ALIGN
-        self.bufs = [memoryview(mmap.mmap(-1, size)) for _ in range(2)]  # mmap: page-aligned
+        self.maps = [mmap.mmap(-1, size) for _ in range(2)]  # page-aligned
+        self.bufs = [memoryview(m) for m in self.maps]
         self.view = self.bufs[0]
         with open(self.path, "rb") as f:
             head = os.pread(f.fileno(), start - self.base, self.base)
@@ -69,7 +70,7 @@ class DirectFile:
         self.fill = len(head)
         self.direct = hasattr(os, "O_DIRECT")
         self.fd = self._open()
-        self.pool, self.pending = ThreadPoolExecutor(1, thread_name_prefix="write"), None
+        self.pool, self.pending, self.closed = ThreadPoolExecutor(1, thread_name_prefix="write"), None, False
 
     def _open(self) -> int:
         try:
@@ -109,14 +110,15 @@ class DirectFile:
         except OSError as e:
             if not self.direct or e.errno != errno.EINVAL:
                 raise
-            os.close(self.fd)  # an alignment this device does not take: through the page cache from here on
+            fd, self.fd = self.fd, None  # an alignment this device does not take: page cache from here on
+            os.close(fd)
             self.direct = False
             self.fd = self._open()
             pwrite_all(self.fd, data, offset)
 
     def close(self):
         """Write what is staged (padded to a whole block, then the file cut back to its true length)."""
-        if self.fd is None:
+        if self.closed:
             return
         try:
             end = self.tell()
@@ -132,11 +134,22 @@ class DirectFile:
             self.abort()
 
     def abort(self):
-        """Let go of the file, without waiting to write what is staged when the output is being thrown away."""
+        """Let go of the file and the buffers without writing what is staged (the output is being thrown away)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pool.shutdown(wait=True)
         if self.fd is not None:
-            self.pool.shutdown(wait=True)
             os.close(self.fd)
             self.fd = None
+        self.view = self.pending = None
+        try:
+            for b in self.bufs:
+                b.release()
+            for m in self.maps:
+                m.close()
+        except BufferError:  # a slice still held by a failed write's traceback: freed with it
+            pass
 
 
 def pwrite_all(fd: int, data: memoryview, offset: int):

@@ -363,8 +363,9 @@ def _ggml_type(name: str):
 
 
 class Writer:
-    """Streams a GGUF file through gguf-py's GGUFWriter: header, key/values and tensor infos first, then each
-    tensor's data as it arrives (in the order of the specs)."""
+    """Streams a GGUF file: gguf-py's GGUFWriter lays out and writes the header, key/values and tensor infos of each
+    file; then each tensor's data goes through a DirectFile as it arrives (in the order of the specs), one file at a
+    time."""
     format = "gguf"
     is_dir = False
     stores_tied_output = False  # llama.cpp ties output to token_embd when output.weight is absent
@@ -430,10 +431,9 @@ class Writer:
         # gguf-py has laid out header, key/values and tensor infos; the data sections are ours to write, each
         # tensor at the next multiple of the alignment in its file, in the order of the infos (as write_tensor_data)
         self.file_of = {name: k for k, tensors in enumerate(w.tensors) for name in tensors}
-        self.sinks = []
         for fout in w.fout:
             fout.flush()
-            self.sinks.append(DirectFile(fout.name, fout.tell()))
+        self.sink, self.sink_file = None, None  # the data section being written, of one file at a time
         if rope_freqs is not None:
             self._write("rope_freqs.weight", rope_freqs.nbytes, [rope_freqs])
 
@@ -445,20 +445,28 @@ class Writer:
         self._write(canonical, self.nbytes[canonical], chunks)
 
     def _write(self, name: str, nbytes: int, chunks):
-        sink = self.sinks[self.file_of[name]]
+        k = self.file_of[name]
+        if k != self.sink_file:
+            self._end_file()
+            self.sink, self.sink_file = DirectFile(self.w.fout[k].name, self.w.fout[k].tell()), k
+        sink = self.sink
         sink.write(bytes(-sink.tell() % self.w.data_alignment))
         written = sum(sink.write(as_bytes(c)) for c in chunks)
         if written != nbytes:
             raise AssertionError(f"{name}: streamed {written} bytes of a {nbytes}-byte tensor")
 
+    def _end_file(self):
+        if self.sink is not None:
+            self.sink.write(bytes(-self.sink.tell() % self.w.data_alignment))  # the last tensor's padding
+            self.sink.close()
+            self.sink = None
+
     def finish(self):
-        for sink in self.sinks:
-            sink.write(bytes(-sink.tell() % self.w.data_alignment))  # the last tensor's padding, as gguf-py writes
-            sink.close()
+        self._end_file()
         self.close()
 
     def close(self):
-        for sink in getattr(self, "sinks", []):
-            sink.abort()
+        if getattr(self, "sink", None) is not None:
+            self.sink.abort()
         if self.w.fout is not None:
             self.w.close()

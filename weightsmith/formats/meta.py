@@ -165,7 +165,7 @@ def read(path: Path) -> Checkpoint:
         refs[name.canonical] = TensorRef(
             key, name.canonical, shape, dtype, numel(shape) * t0.itemsize,
             lambda shards=shards, axis=axis, key=key: _load(axis, _parts(shards, key), key),
-            rows=(lambda r0, r1, shards=shards, axis=axis, key=key: _rows(axis, _parts(shards, key), r0, r1))
+            rows=(lambda r0, r1, shards=shards, axis=axis, key=key: _rows(axis, _parts(shards, key), r0, r1, key))
             if shape else None)
     for r, sd in enumerate(sds[1:], 1):
         extra = set(sd) - set(sds[0])
@@ -198,18 +198,20 @@ def _load(axis, parts, key) -> torch.Tensor:
     return t
 
 
-def _rows(axis, parts, r0: int, r1: int) -> np.ndarray:
-    """Rows [r0, r1) of the merged tensor, from the shards that hold them (replicas: the first), as a fresh numpy
-    array."""
-    if axis == 1:
+def _rows(axis, parts, r0: int, r1: int, name: str) -> np.ndarray:
+    """Rows [r0, r1) of the merged tensor, from the shards that hold them, as a fresh numpy array; a replicated
+    tensor's rows must be the same bytes in every shard (as layout.merge requires of the whole)."""
+    if axis == 1 or axis is None:
         pieces = [p[r0:r1] for p in parts]
-    elif axis == 0:
-        pieces = [parts[k][a:b] for k, a, b in layout.row_bands([p.shape[0] for p in parts], r0, r1)]
     else:
-        pieces = [parts[0][r0:r1]]
+        pieces = [parts[k][a:b] for k, a, b in layout.row_bands([p.shape[0] for p in parts], r0, r1)]
     # numpy, not torch.cat: torch ops here would start OpenMP teams that spin against the pipeline's own threads
     arrays = [dtypes.to_numpy(p) for p in pieces]
-    out = np.concatenate(arrays, axis=axis or 0) if len(arrays) > 1 else arrays[0].copy()
+    if axis is None:
+        if any(a.tobytes() != arrays[0].tobytes() for a in arrays[1:]):
+            raise BadInput(f"{name}: replicated tensor differs between model-parallel shards")
+        arrays = arrays[:1]
+    out = np.concatenate(arrays, axis=axis) if len(arrays) > 1 else arrays[0].copy()
     for p in pieces:
         release_mapped_range(p.data_ptr(), p.nbytes)
     return out

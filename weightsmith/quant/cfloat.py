@@ -72,8 +72,9 @@ def int8(i):
 
 @njit(**JIT)
 def fp16_bits(v):
-    """float32 to IEEE half bits, as x86's F16C (which ggml and torch use) converts: round to nearest even, overflow
-    to inf, a NaN keeps its sign and the top of its payload, quietened. Branch-free, so loops over it vectorize:
+    """float32 to IEEE half bits, as x86's F16C (and torch) converts: round to nearest even, overflow to inf, a NaN
+    keeps its sign and the top of its payload, quietened (ggml's scalar GGML_FP32_TO_FP16 writes 0x7E00 there; its
+    quantizers, like ours, never meet a NaN: they refuse the tensor). Branch-free, so loops over it vectorize:
     |v| is scaled so that adding 2^(e-13) (e its exponent, at least half's smallest) leaves exactly half's 10
     mantissa bits rounded by the FPU (maratyszcza/FP16's fp16_ieee_from_fp32_value)."""
     base = (abs(v) * f32(2.0 ** 112)) * f32(2.0 ** -110)
