@@ -449,15 +449,18 @@ class Writer:
         if k != self.sink_file:
             self._end_file()
             self.sink, self.sink_file = DirectFile(self.w.fout[k].name, self.w.fout[k].tell()), k
-        sink = self.sink
-        sink.write(bytes(-sink.tell() % self.w.data_alignment))
-        written = sum(sink.write(as_bytes(c)) for c in chunks)
+        self._pad()
+        written = sum(self.sink.write(as_bytes(c)) for c in chunks)
         if written != nbytes:
             raise AssertionError(f"{name}: streamed {written} bytes of a {nbytes}-byte tensor")
 
+    def _pad(self):
+        """Zeros up to the next multiple of the alignment: before each tensor, and after a file's last one."""
+        self.sink.write(bytes(-self.sink.tell() % self.w.data_alignment))
+
     def _end_file(self):
         if self.sink is not None:
-            self.sink.write(bytes(-self.sink.tell() % self.w.data_alignment))  # the last tensor's padding
+            self._pad()
             self.sink.close()
             self.sink = None
 
@@ -466,7 +469,7 @@ class Writer:
         self.close()
 
     def close(self):
-        if getattr(self, "sink", None) is not None:
+        if self.sink is not None:
             self.sink.abort()
         if self.w.fout is not None:
             self.w.close()
