@@ -1,5 +1,5 @@
 """libggml's reference quantizer, ggml_quantize_chunk, called through ctypes from llama-cpp-python's
-libggml-base.so (no importance matrix): the oracle for every quantized type's bytes."""
+libggml-base.so, with or without an importance matrix: the oracle for every quantized type's bytes."""
 import ctypes
 import importlib.util
 from pathlib import Path
@@ -20,7 +20,8 @@ def _lib():
 LIB = _lib()
 
 
-def quantize(x: np.ndarray, type_name: str) -> np.ndarray:
+def quantize(x: np.ndarray, type_name: str, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """ggml's bytes of rows x [rows, n]; imatrix: float32 [n], the quant_weights llama-quantize passes."""
     import gguf
     qtype = gguf.GGMLQuantizationType[type_name]
     block, size = gguf.GGML_QUANT_SIZES[qtype]
@@ -28,6 +29,9 @@ def quantize(x: np.ndarray, type_name: str) -> np.ndarray:
     rows, n = x.shape
     out = np.zeros((rows, n // block * size), dtype=np.uint8)
     LIB.ggml_quantize_init(int(qtype))
-    written = LIB.ggml_quantize_chunk(int(qtype), x.ctypes.data, out.ctypes.data, 0, rows, n, None)
+    w = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    assert w is None or w.shape == (n,)
+    written = LIB.ggml_quantize_chunk(int(qtype), x.ctypes.data, out.ctypes.data, 0, rows, n,
+                                      None if w is None else w.ctypes.data)
     assert written == out.nbytes
     return out

@@ -18,11 +18,19 @@ from ..lazy import torch
 class QuantType:
     name: str
     module: str  # the kernel is weightsmith.quant.<module>.<name in lower case>, imported (compiled) on first use
+    weighted: bool = True  # takes an importance matrix (its kernel <name>_w); False: ggml ignores one (Q8_0)
 
     @property
     def kernel(self):
         """(x float32 [n_blocks, block], out uint8 [n_blocks, type_size]) -> (err2, norm2, first bad index or -1)"""
         return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.name.lower())
+
+    @property
+    def weighted_kernel(self):
+        """(x float32 [rows, n], importance float32 [n], out uint8 [rows, n / block * type_size]) -> (err2, norm2,
+        first bad flat index or -1): ggml_quantize_chunk with quant_weights, whole rows (some types' weights depend
+        on the row's mean square)."""
+        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.name.lower() + "_w")
 
     @property
     def block(self) -> int:
@@ -39,7 +47,7 @@ def _sizes(name: str) -> tuple[int, int]:
 
 
 REGISTRY = {t.name: t for t in [
-    QuantType("Q8_0", "legacy"),
+    QuantType("Q8_0", "legacy", weighted=False),
     QuantType("Q4_0", "legacy"),
     QuantType("Q4_1", "legacy"),
     QuantType("Q5_0", "legacy"),
@@ -72,23 +80,24 @@ def get(name: str) -> QuantType:
 CHUNK = 1 << 18  # values per task: a float32 slice (1 MB) stays in cache, and tasks are many enough to balance cores
 
 
-def quantize(t, name: str, tensor_name: str = "tensor") -> np.ndarray:
+def quantize(t, name: str, tensor_name: str = "tensor", imatrix=None) -> np.ndarray:
     """A [rows, n] weight as ggml's bytes for type `name`: uint8 [rows, n / block * type_size]."""
-    return quantize_with_error(t, name, tensor_name)[0]
+    return quantize_with_error(t, name, tensor_name, imatrix)[0]
 
 
-def quantize_with_error(t, name: str, tensor_name: str = "tensor") -> tuple[np.ndarray, float]:
+def quantize_with_error(t, name: str, tensor_name: str = "tensor", imatrix=None) -> tuple[np.ndarray, float]:
     """quantize(), plus the relative RMS error of the values the bytes dequantize to."""
     qt = get(name)
     x = t.reshape(-1, t.shape[-1])
     out = np.empty((x.shape[0], x.shape[1] // qt.block * qt.type_size), dtype=np.uint8)
-    return out, relative(*quantize_into(x, name, out, tensor_name))
+    return out, relative(*quantize_into(x, name, out, tensor_name, imatrix))
 
 
-def quantize_into(x, name: str, out: np.ndarray, tensor_name: str = "tensor") -> tuple[float, float]:
+def quantize_into(x, name: str, out: np.ndarray, tensor_name: str = "tensor", imatrix=None) -> tuple[float, float]:
     """Rows x [rows, n] (a float array, BF16 as uint16 bits, or a torch tensor) as type `name`'s bytes, written
     into out (uint8 [rows, n / block * type_size], C-contiguous); returns |dequantized - x|^2 and |x|^2 (float64)
-    for the relative error.
+    for the relative error. imatrix: the importance of each of the n columns (llama.cpp's per-column mean of
+    squared activations), for the types that use one; ignored by the others, as ggml ignores it.
 
     Converted to float32 slice by slice, in the worker threads: a float32 copy of the whole matrix never exists."""
     qt = get(name)
@@ -98,17 +107,27 @@ def quantize_into(x, name: str, out: np.ndarray, tensor_name: str = "tensor") ->
     if out.dtype != np.uint8 or out.shape != (rows, n // qt.block * qt.type_size) or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous uint8 {(rows, n // qt.block * qt.type_size)}, "
                          f"not {out.dtype} {out.shape}")
-    kernel, block = qt.kernel, qt.block
-    blocks = out.reshape(-1, qt.type_size)
     floats = _float32_slices(np.ascontiguousarray(dtypes.to_numpy(x)).reshape(-1))
-    step = max(CHUNK // block, 1)
+    if imatrix is not None and qt.weighted:
+        weights = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if weights.shape[0] != n:
+            raise BadInput(f"{tensor_name}: the importance matrix has {weights.shape[0]} values, the rows {n}")
+        kernel, unit, units = qt.weighted_kernel, n, rows        # whole rows per task
+        per_unit = out
+        args = (weights,)
+    else:
+        kernel, unit = qt.kernel, qt.block                       # blocks per task
+        per_unit = out.reshape(-1, qt.type_size)
+        units = per_unit.shape[0]
+        args = ()
+    step = max(CHUNK // unit, 1)
 
-    def task(b0):
-        b1 = min(b0 + step, blocks.shape[0])
-        err2, norm2, bad = kernel(floats(b0 * block, b1 * block).reshape(-1, block), blocks[b0:b1])
-        return err2, norm2, b0 * block + bad if bad >= 0 else -1
+    def task(u0):
+        u1 = min(u0 + step, units)
+        err2, norm2, bad = kernel(floats(u0 * unit, u1 * unit).reshape(-1, unit), *args, per_unit[u0:u1])
+        return err2, norm2, u0 * unit + bad if bad >= 0 else -1
 
-    sums = parallel_map(task, range(0, blocks.shape[0], step))
+    sums = parallel_map(task, range(0, units, step))
     bad = [b for _, _, b in sums if b >= 0]
     if bad:  # each slice stops at its first; the first slice's is the matrix's
         raise BadInput(f"{tensor_name}: holds NaN or Inf (first at index {list(divmod(min(bad), n))}); "
