@@ -97,10 +97,18 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def block_forward(h: torch.Tensor, w: dict, cfg, rope: Rope, cache: dict | None = None) -> torch.Tensor:
-    """One transformer block on h [B, T, dim]. cache (generate) holds this block's past k/v and grows by T."""
+# Which matmul weights of a block read the same input: what calibration observes once per input (block_forward's
+# tap), in the order the forward pass reaches them
+SHARED_INPUTS = (("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"), ("ffn_down",))
+
+
+def block_forward(h: torch.Tensor, w: dict, cfg, rope: Rope, cache: dict | None = None, tap=None) -> torch.Tensor:
+    """One transformer block on h [B, T, dim]. cache (generate) holds this block's past k/v and grows by T.
+    tap(names, x), when given, sees each matmul input x [B, T, in] once, with the SHARED_INPUTS entry it feeds."""
     B, T, _ = h.shape
     x = rms_norm(h, w["attn_norm"], cfg.norm_eps)
+    if tap:
+        tap(SHARED_INPUTS[0], x)
     q = rope.apply(linear(x, w["attn_q"]).view(B, T, cfg.n_heads, cfg.head_dim))
     k = rope.apply(linear(x, w["attn_k"]).view(B, T, cfg.n_kv_heads, cfg.head_dim))
     v = linear(x, w["attn_v"]).view(B, T, cfg.n_kv_heads, cfg.head_dim)
@@ -117,9 +125,17 @@ def block_forward(h: torch.Tensor, w: dict, cfg, rope: Rope, cache: dict | None 
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     else:
         o = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
-    h = h + linear(o.transpose(1, 2).reshape(B, T, cfg.q_dim), w["attn_output"])
+    o = o.transpose(1, 2).reshape(B, T, cfg.q_dim)
+    if tap:
+        tap(SHARED_INPUTS[1], o)
+    h = h + linear(o, w["attn_output"])
     x = rms_norm(h, w["ffn_norm"], cfg.norm_eps)
-    return h + linear(F.silu(linear(x, w["ffn_gate"])) * linear(x, w["ffn_up"]), w["ffn_down"])
+    if tap:
+        tap(SHARED_INPUTS[2], x)
+    a = F.silu(linear(x, w["ffn_gate"])) * linear(x, w["ffn_up"])
+    if tap:
+        tap(SHARED_INPUTS[3], a)
+    return h + linear(a, w["ffn_down"])
 
 
 def logits(h: torch.Tensor, head: tuple, cfg) -> torch.Tensor:
