@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from oracles import make_hf, make_meta  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# A shell's background job (`nohup bash scripts/test.sh &`) starts with SIGINT ignored, and so would every command
+# the tests start: the interrupt tests need Python's own handler here (children inherit a handled signal as default).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Built:
