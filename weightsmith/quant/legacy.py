@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit
 
 from .cfloat import JIT, c_int, c_roundf, f32, int8, put_fp16
+from .search import make_qkx_quants, make_qx_quants
 
 SIGNATURE = "Tuple((float64, float64, int64))(float32[:, ::1], uint8[:, ::1])"
 
@@ -236,3 +237,114 @@ def q5_1(x, out):
             back[j] = f32(_five_bit_value(o[2:], j, qh)) * dq + mq
         err2 += block_err2(back, b)
     return err2, norm2, -1
+
+
+# ---- With an importance matrix: quantize_row_q{4,5}_{0,1}_impl ------------------------------------------------
+# Whole rows: each value's weight is qw[j] * sqrtf(sigma2 + x[j]^2), sigma2 the mean square of the *row* (float32,
+# summed left to right), so a block's bytes depend on every other value of its row. Q4_0/Q5_0 search a signed
+# scale (make_qx_quants), Q4_1/Q5_1 a scale and min (make_qkx3_quants, 37 candidates), unlike the _ref
+# quantizers' single absmax / min-max guess.
+
+SIGNATURE_W = "Tuple((float64, float64, int64))(float32[:, ::1], float32[::1], uint8[:, ::1])"
+
+
+@njit(**JIT)
+def row_weights(row, qw, weight, ib, sigma2):
+    """Block ib's weights, as quantize_row_*_impl compute them."""
+    for j in range(32):
+        v = row[32 * ib + j]
+        weight[j] = qw[32 * ib + j] * np.sqrt(sigma2 + v * v)  # sqrtf: correctly rounded in both
+
+
+@njit(**JIT)
+def row_sigma2(row):
+    """sum_x2 / n_per_row in float32, the sum left to right."""
+    s = f32(0.0)
+    for j in range(row.shape[0]):
+        s += row[j] * row[j]
+    return s / f32(row.shape[0])
+
+
+@njit(**JIT)
+def _pack_nibbles(L, o, k):
+    for j in range(16):
+        o[k + j] = (L[j] | (L[j + 16] << 4)) & 0xFF
+
+
+@njit(**JIT)
+def _pack_five(L, o, k):
+    """Quants 0..31 as Q5's qh (uint32 at o[k:k+4], bit j = bit 4 of quant j) and qs (low nibbles at o[k+4:])."""
+    qh = 0
+    for j in range(16):
+        o[k + 4 + j] = (L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4)
+        qh |= ((L[j] & 0x10) >> 4) << j
+        qh |= ((L[j + 16] & 0x10) >> 4) << (j + 16)
+    for b in range(4):
+        o[k + b] = (qh >> (8 * b)) & 0xFF
+
+
+Q4_0, Q4_1, Q5_0, Q5_1 = range(4)
+
+
+@njit(**JIT)
+def _weighted(x, qw, out, kind):
+    n = x.shape[1]
+    ts = out.shape[1] // (n // 32)
+    weight = np.empty(32, np.float32)
+    L = np.empty(32, np.int64)
+    Laux = np.empty(32, np.int64)
+    back = np.empty(32, np.float32)  # the block's dequantized values
+    err2 = norm2 = 0.0
+    for r in range(x.shape[0]):
+        row = x[r]
+        n2 = block_norm2(row)
+        if not np.isfinite(n2):
+            return err2, norm2, first_bad(x, r)
+        norm2 += n2
+        sigma2 = row_sigma2(row)
+        for ib in range(n // 32):
+            xb = row[32 * ib:32 * ib + 32]
+            o = out[r, ts * ib:ts * ib + ts]
+            row_weights(row, qw, weight, ib, sigma2)
+            if kind == Q4_0 or kind == Q5_0:
+                nmax = 8 if kind == Q4_0 else 16
+                dq = put_fp16(o, 0, make_qx_quants(xb, weight, L, nmax))
+                if kind == Q4_0:
+                    _pack_nibbles(L, o, 2)
+                else:
+                    _pack_five(L, o, 2)
+                for j in range(32):
+                    back[j] = f32(L[j] - nmax) * dq
+            else:
+                nmax = 15 if kind == Q4_1 else 31
+                d, the_min = make_qkx_quants(xb, weight, L, Laux, nmax, f32(-0.9), f32(0.05), 36, False)
+                dq = put_fp16(o, 0, d)
+                mq = put_fp16(o, 2, -the_min)
+                if kind == Q4_1:
+                    _pack_nibbles(L, o, 4)
+                else:
+                    _pack_five(L, o, 4)
+                for j in range(32):
+                    back[j] = f32(L[j]) * dq + mq
+            err2 += block_err2(back, xb)
+    return err2, norm2, -1
+
+
+@njit(SIGNATURE_W, **JIT)
+def q4_0_w(x, qw, out):
+    return _weighted(x, qw, out, Q4_0)
+
+
+@njit(SIGNATURE_W, **JIT)
+def q4_1_w(x, qw, out):
+    return _weighted(x, qw, out, Q4_1)
+
+
+@njit(SIGNATURE_W, **JIT)
+def q5_0_w(x, qw, out):
+    return _weighted(x, qw, out, Q5_0)
+
+
+@njit(SIGNATURE_W, **JIT)
+def q5_1_w(x, qw, out):
+    return _weighted(x, qw, out, Q5_1)
