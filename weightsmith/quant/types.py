@@ -55,6 +55,8 @@ REGISTRY = {t.name: t for t in [
     QuantType("Q4_K", "kquants"),
     QuantType("Q5_K", "kquants"),
     QuantType("Q6_K", "kquants"),
+    QuantType("IQ4_NL", "iquants"),
+    QuantType("IQ4_XS", "iquants"),
 ]}
 
 
