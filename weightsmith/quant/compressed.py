@@ -42,7 +42,19 @@ MIN_GROUP = 16  # smaller groups than this gain nothing over int8; such a width 
 
 
 def get(name: str) -> Scheme | None:
+    """A scheme by type name; `INT4-G64` / `INT8-G128` name one of them with that group size (--group-size)."""
+    m = re.fullmatch(r"(INT[48])-G(\d+)", name.upper())
+    if m and m.group(1) in SCHEMES:
+        return grouped(SCHEMES[m.group(1)], int(m.group(2)))
     return SCHEMES.get(name.upper())
+
+
+def grouped(s: Scheme, group: int) -> Scheme:
+    """s with `group` columns per scale (named INT4-G64; the scheme's own group keeps its plain name)."""
+    if group < MIN_GROUP or group & (group - 1):
+        raise BadInput(f"--group-size {group}: a power of two of at least {MIN_GROUP}")
+    base = s.name.split("-")[0]
+    return SCHEMES[base] if SCHEMES[base].group == group else Scheme(f"{base}-G{group}", s.bits, group)
 
 
 def group_size(s: Scheme, n_in: int) -> int | None:
@@ -86,19 +98,29 @@ class Packed:
         return sum(t.nbytes for t in self.parts().values())
 
 
+def scales(x: torch.Tensor, s: Scheme, dt: torch.dtype) -> torch.Tensor:
+    """The scale of each group of x [..., group] (its last axis), in dt: calculate_qparams' symmetric min-max."""
+    amax = x.to(dt).abs().amax(-1)                           # = max(|min(x, 0)|, max(x, 0))
+    scale = amax / torch.tensor((s.qmax - s.qmin) / 2, dtype=dt)
+    return torch.where(scale == 0, torch.tensor(torch.finfo(dt).eps, dtype=dt), scale)
+
+
 def quantize(w: torch.Tensor, s: Scheme, float_dtype: str) -> Packed:
     out, n_in = w.shape
     dt = dtypes.torch_dtype(float_dtype)
     g = group_size(s, n_in) or n_in
     x = w.to(dt).reshape(out, n_in // g, g)
-    amax = x.abs().amax(-1)                                  # = max(|min(x, 0)|, max(x, 0))
-    scale = amax / torch.tensor((s.qmax - s.qmin) / 2, dtype=dt)
-    scale = torch.where(scale == 0, torch.tensor(torch.finfo(dt).eps, dtype=dt), scale)
+    scale = scales(x, s, dt)
     q = torch.round(torch.clamp(x / scale.unsqueeze(-1), s.qmin, s.qmax))
-    u = (q.reshape(out, n_in).to(torch.int16) - s.qmin).to(torch.uint8)   # offset into 0 .. 2^bits - 1
+    return pack(q.reshape(out, n_in), scale, s)
+
+
+def pack(q: torch.Tensor, scale: torch.Tensor, s: Scheme) -> Packed:
+    """Integers q [out, in] (any int or integral float dtype, within qmin..qmax) and their scales, as stored."""
+    u = (q.to(torch.int16) - s.qmin).to(torch.uint8)        # offset into 0 .. 2^bits - 1
     if s.bits == 4:
         u = u[:, 0::2] | (u[:, 1::2] << 4)
-    return Packed(u.contiguous().view(torch.int32), scale, (out, n_in))
+    return Packed(u.contiguous().view(torch.int32), scale, tuple(q.shape))
 
 
 def unpack(packed: torch.Tensor, s: Scheme) -> torch.Tensor:
