@@ -32,6 +32,7 @@ def render(d: dict) -> str:
         lines.append(f"checklist.chk: {len(d['checklist'])} files listed (md5s checked before converting; "
                      f"--no-check skips)")
     lines.append(f"tokenizer files: {', '.join(d['tokenizer_files']) or 'none'}")
+    lines += [f"also: {a}" for a in d.get("also", ())]  # the other form a repo directory holds
     if "metadata" in d:
         lines.append("metadata:")
         lines += [f"  {k}: {v}" for k, v in d["metadata"].items()]
