@@ -45,7 +45,9 @@ def inspect(path, as_json):
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path())
 @click.option("--to", "to", type=click.Choice(["hf", "gguf", "meta"]), help="Target format (default from DST).")
-@click.option("--type", "type_", help="Tensor type: f32, f16, bf16 (default: keep the source's).")
+@click.option("--type", "type_", help="Tensor type: f32, f16, bf16; GGUF: llama.cpp's types and presets (q8_0, "
+              "q4_k_m, ...); HF, as compressed-tensors: int8, int4 (W8A16, W4A16), w8a8 (int8 weights and "
+              "activations), fp8 (FP8 dynamic) (default: keep the source's).")
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest HF shard.")
 @click.option("--split-max-size", help="GGUF output: split into files of at most this size (gguf-split naming).")
 @click.option("--mp", default=1, show_default=True, type=int, help="Meta output: model-parallel shards.")

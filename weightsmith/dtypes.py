@@ -17,14 +17,19 @@ FLOAT_TYPES = {
     "F16": ("float16", 2),
     "BF16": ("bfloat16", 2),
 }
-# Integer tensors a checkpoint may also hold: compressed-tensors' packed int4/int8 weights and their shapes.
+# Integer tensors a checkpoint may also hold: compressed-tensors' packed int4/int8 weights and their shapes, its
+# int8 (W8A8) weights.
 INT_TYPES = {
     "I32": ("int32", 4),
     "I64": ("int64", 8),
+    "I8": ("int8", 1),
 }
+# compressed-tensors' fp8 weights (FP8_DYNAMIC); numpy has no float8: arrays hold the bits, as uint8
+FP8_TYPES = {"F8_E4M3": ("float8_e4m3fn", 1)}
 # name -> the numpy dtype an array of it has (BF16: its bits)
-NUMPY_TYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "I64": np.int64}
-STORAGE_TYPES = {**FLOAT_TYPES, **INT_TYPES}
+NUMPY_TYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "I64": np.int64,
+               "I8": np.int8, "F8_E4M3": np.uint8}
+STORAGE_TYPES = {**FLOAT_TYPES, **INT_TYPES, **FP8_TYPES}
 # torch's legacy storage classes, as a .pth pickle names them (GLOBAL torch.FloatStorage), -> (torch dtype's name,
 # bytes per element): torch.storage._dtype_to_storage_type_map() read backwards, for reading a .pth without torch.
 STORAGE_CLASSES = {
@@ -89,6 +94,8 @@ def to_numpy(t) -> np.ndarray:
     if isinstance(t, np.ndarray):
         return t
     t = t.detach().cpu()
+    if t.dtype == torch.float8_e4m3fn:
+        return t.view(torch.uint8).numpy()
     return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
 
@@ -105,8 +112,8 @@ def cast(a: np.ndarray, name: str) -> np.ndarray:
     src = of_array(a)
     if src == name:
         return a
-    if src in INT_TYPES:  # integers (a checkpoint may store any tensor so): through float32, as torch converts them
-        f = a.astype(np.float32)
+    if src in INT_TYPES or src in FP8_TYPES:  # integers, fp8 bits: through float32, as torch converts them
+        f = to_torch(a).view(torch_dtype(src)).float().numpy() if src in FP8_TYPES else a.astype(np.float32)
         return f if name == "F32" else cast(f, name)
     from .quant import cfloat
     x = np.ascontiguousarray(a).reshape(-1)

@@ -48,25 +48,33 @@ def read(path: Path) -> Checkpoint:
     raw_config = read_json(base / "config.json", "the model config")
     qconfig = raw_config.get("quantization_config") if isinstance(raw_config, dict) else None
     refs: dict[str, TensorRef] = {}
+    entries = [(file, e) for file in files for e in read_header(file)]
+    # compressed-tensors modules: those with a weight_scale / weight_packed (its format says which tensors it has)
+    marked = {e.name.rpartition(".")[0] for _, e in entries if e.name.rpartition(".")[2] in compressed.MARKERS}
     packed: dict[str, dict] = {}  # compressed-tensors module -> {suffix: (file, entry)}
-    for file in files:
-        for e in read_header(file):
-            module, _, suffix = e.name.rpartition(".")
-            if suffix in compressed.SUFFIXES:
-                packed.setdefault(module, {})[suffix] = (file, e)
-                continue
-            loader = _Loader(file, e)
-            _add(refs, e.name, file, TensorRef(e.name, "", e.shape, e.dtype, e.end - e.start, loader,
-                                               rows=loader.rows if e.shape else None))
+    for file, e in entries:
+        module, _, suffix = e.name.rpartition(".")
+        if module in marked and (suffix in compressed.MARKERS or suffix == "weight"):
+            packed.setdefault(module, {})[suffix] = (file, e)
+            continue
+        loader = _Loader(file, e)
+        _add(refs, e.name, file, TensorRef(e.name, "", e.shape, e.dtype, e.end - e.start, loader,
+                                           rows=loader.rows if e.shape else None))
     for module, parts in packed.items():
-        missing = [s for s in compressed.SUFFIXES if s not in parts]
-        if missing:
-            raise BadInput(f"{base}: {module} is stored packed but has no {missing[0]}")
         scheme = compressed.scheme_of(qconfig, module, str(base / "config.json"))
-        (pf, pe), (_, se) = parts["weight_packed"], parts["weight_scale"]
-        if pe.dtype != "I32" or len(pe.shape) != 2 or not dtypes.is_float(se.dtype):
-            raise BadInput(f"{pf}: {module}: weight_packed must be I32 [out, in*bits/32] and weight_scale float")
-        shape = (pe.shape[0], pe.shape[1] * 32 // scheme.bits)
+        fmt = compressed.FORMATS[scheme.format]
+        missing = [s for s in fmt.suffixes if s not in parts]
+        if missing:
+            raise BadInput(f"{base}: {module} is stored {fmt.name} but has no {missing[0]}")
+        extra = sorted(set(parts) - set(fmt.suffixes))
+        if extra:
+            raise BadInput(f"{base}: {module} is stored {fmt.name}, which has no {module}.{extra[0]}")
+        (pf, pe), (_, se) = parts[fmt.suffixes[0]], parts["weight_scale"]
+        if pe.dtype != fmt.storage or len(pe.shape) != 2 or not dtypes.is_float(se.dtype):
+            raise BadInput(f"{pf}: {module}: {fmt.name} stores {fmt.suffixes[0]} as {fmt.storage} "
+                           f"[out, in{f' * {scheme.bits} / 32' if scheme.per_word > 1 else ''}] and weight_scale "
+                           f"float, not {pe.dtype} {list(pe.shape)} and {se.dtype}")
+        shape = (pe.shape[0], pe.shape[1] * scheme.per_word)
         nbytes = sum(e.end - e.start for _, e in parts.values())
         _add(refs, module + ".weight", pf, TensorRef(module + ".weight", "", shape, scheme.name, nbytes,
                                                       _PackedLoader(parts, scheme, shape)))
@@ -115,16 +123,21 @@ class _PackedLoader(_Loader):
     """A compressed-tensors weight, dequantized to f32 as compressed-tensors' own decompression does."""
 
     def __init__(self, parts, scheme, shape):
-        super().__init__(*parts["weight_packed"])
+        self.values = compressed.FORMATS[scheme.format].suffixes[0]
+        super().__init__(*parts[self.values])
         self.parts, self.scheme, self.shape = parts, scheme, shape
 
     def __call__(self):
-        t = {s: dtypes.to_torch(read_tensor(f, e)) for s, (f, e) in self.parts.items()}
-        if tuple(t["weight_shape"].tolist()) != self.shape or t["weight_scale"].shape[0] != self.shape[0] \
-                or self.shape[1] % max(t["weight_scale"].shape[1], 1):
-            raise BadInput(f"{self.file}: {self.entry.name}: weight_shape {t['weight_shape'].tolist()} / "
-                           f"weight_scale {list(t['weight_scale'].shape)} disagree with the packed {list(self.shape)}")
-        return self.unrope(compressed.dequantize(t["weight_packed"], t["weight_scale"], self.scheme))
+        t = {s: dtypes.to_torch(read_tensor(f, e)).view(dtypes.torch_dtype(e.dtype))  # fp8: from its bits
+             for s, (f, e) in self.parts.items()}
+        sc = t["weight_scale"]
+        per_tensor = sc.shape in ((1,), (1, 1))  # compressed-tensors' tensor strategy
+        stored_shape = tuple(t["weight_shape"].tolist()) if "weight_shape" in t else self.shape
+        if stored_shape != self.shape or not per_tensor and (sc.ndim != 2 or sc.shape[0] != self.shape[0]
+                                                             or self.shape[1] % max(sc.shape[1], 1)):
+            raise BadInput(f"{self.file}: {self.entry.name}: weight_shape {list(stored_shape)} / "
+                           f"weight_scale {list(sc.shape)} disagree with the stored {list(self.shape)}")
+        return self.unrope(compressed.dequantize(t[self.values], sc, self.scheme))
 
 
 # ---- writing ----------------------------------------------------------------------------------------------
@@ -146,12 +159,13 @@ def plan_shards(specs: list[Spec], shard_size: int, nbytes) -> list[list[Spec]]:
 
 class Writer:
     """Streams safetensors shards: each file's header is known up front, tensors are appended as they come.
-    A weight of type INT8/INT4 is stored as compressed-tensors' three tensors, kept in one shard."""
+    A weight of a compressed-tensors type (INT8/INT4/W8A8/FP8) is stored as the tensors its format names
+    (compressed.FORMATS), kept in one shard."""
     format = "hf"
     is_dir = True
     keeps_quantized = False  # float formats: quantized sources are dequantized
     vectors_f32 = False
-    packs_int = True  # --type int8/int4: compressed-tensors pack-quantized weights
+    packs_int = True  # --type int8/int4/w8a8/fp8: compressed-tensors weights
     stores_tied_output = False  # transformers ties lm_head to the embeddings; no copy is written
 
     def __init__(self, out: Path, ck: Checkpoint, specs: list[Spec], tokenizer_files: dict | None = None,

@@ -1,15 +1,21 @@
-"""int8 / int4 weights for GPUs: compressed-tensors' `pack-quantized` format, as llm-compressor writes it and vLLM
-and transformers load it.
+"""int8 / int4 / fp8 weights for GPUs in compressed-tensors' formats, as llm-compressor writes them and vLLM and
+transformers load them: `pack-quantized` (W8A16 int8, W4A16 int4: weight-only), `int-quantized` (W8A8: int8 weights
+and dynamic per-token int8 input activations) and `float-quantized` (FP8_DYNAMIC: float8 e4m3 weights and dynamic
+per-token fp8 input activations). The schemes differ only in the table below (SCHEMES, FORMATS).
 
 Per quantized Linear `X`: `X.weight_packed` int32 [out, in * bits / 32] (values q + 2^(bits-1), element i at bit
 i * bits, so int4 packs 8 per int32 low nibble first and int8 4 per int32 low byte first), `X.weight_scale`
 [out, in / group] (one column for per-channel) in the model's float dtype, `X.weight_shape` int64 [out, in].
+`int-quantized` / `float-quantized`: `X.weight` int8 / float8_e4m3fn [out, in] and `X.weight_scale` [out, 1].
 Symmetric: scale = amax / ((qmax - qmin) / 2), q = round(clamp(w / scale, qmin, qmax)), half to even, all in the
-scale's dtype, exactly as compressed-tensors' calculate_qparams and quantize compute them.
+scale's dtype, exactly as compressed-tensors' calculate_qparams and quantize compute them (fp8: qmax = 448, so
+scale = amax / 448, and q = clamp(w / scale + 0, -448, 448) cast to e4m3, nearest even; the + 0 is the zero point
+compressed-tensors adds, which turns -0.0 into +0.0). Activation scales are computed at run time: none stored.
 Only the transformer blocks' matrices are quantized; embeddings, norms and lm_head stay float.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -23,21 +29,52 @@ SUFFIXES = ("weight_packed", "weight_scale", "weight_shape")
 
 
 @dataclass(frozen=True)
+class Format:
+    name: str
+    suffixes: tuple[str, ...]   # the tensors that replace X.weight, in writing order: values, scales[, shape]
+    storage: str                # the values tensor's dtype (pack-quantized: int32 words of 32 / bits values each)
+
+
+FORMATS = {f.name: f for f in [
+    Format(FORMAT, SUFFIXES, "I32"),
+    Format("int-quantized", ("weight", "weight_scale"), "I8"),
+    Format("float-quantized", ("weight", "weight_scale"), "F8_E4M3"),
+]}
+# names that mark a module as quantized (a plain `.weight` does not)
+MARKERS = {sfx for f in FORMATS.values() for sfx in f.suffixes} - {"weight"}
+FP8_MAX = 448.0  # float8 e4m3fn's largest finite value: compressed-tensors' FP8 range is [-448, 448]
+
+
+@dataclass(frozen=True)
 class Scheme:
     name: str               # weightsmith's type name (--type int8 -> INT8)
     bits: int
     group: int | None       # None: one scale per output channel
+    type: str = "int"       # "int", or "float" (e4m3)
+    format: str = FORMAT
+    acts: bool = False      # dynamic per-token symmetric input activations of the same type and bits (WxAx)
+    observer: str | None = "minmax"  # the weights' observer as config.json names it (llm-compressor 0.14: None)
 
     @property
-    def qmin(self) -> int:
-        return -(1 << (self.bits - 1))
+    def qmin(self) -> float:
+        return -FP8_MAX if self.type == "float" else -(1 << (self.bits - 1))
 
     @property
-    def qmax(self) -> int:
-        return (1 << (self.bits - 1)) - 1
+    def qmax(self) -> float:
+        return FP8_MAX if self.type == "float" else (1 << (self.bits - 1)) - 1
+
+    @property
+    def per_word(self) -> int:
+        """Values per stored element (pack-quantized packs 32 / bits per int32)."""
+        return dtypes.itemsize(FORMATS[self.format].storage) * 8 // self.bits
 
 
-SCHEMES = {s.name: s for s in [Scheme("INT8", 8, None), Scheme("INT4", 4, 128)]}
+SCHEMES = {s.name: s for s in [
+    Scheme("INT8", 8, None),                                                  # W8A16
+    Scheme("INT4", 4, 128),                                                   # W4A16
+    Scheme("W8A8", 8, None, "int", "int-quantized", acts=True, observer=None),        # llm-compressor's W8A8
+    Scheme("FP8", 8, None, "float", "float-quantized", acts=True, observer=None),     # its FP8_DYNAMIC
+]}
 MIN_GROUP = 16  # smaller groups than this gain nothing over int8; such a width is refused
 
 
@@ -54,7 +91,8 @@ def grouped(s: Scheme, group: int) -> Scheme:
     if group < MIN_GROUP or group & (group - 1):
         raise BadInput(f"--group-size {group}: a power of two of at least {MIN_GROUP}")
     base = s.name.split("-")[0]
-    return SCHEMES[base] if SCHEMES[base].group == group else Scheme(f"{base}-G{group}", s.bits, group)
+    return SCHEMES[base] if SCHEMES[base].group == group else dataclasses.replace(s, name=f"{base}-G{group}",
+                                                                                    group=group)
 
 
 def group_size(s: Scheme, n_in: int) -> int | None:
@@ -73,25 +111,27 @@ def group_size(s: Scheme, n_in: int) -> int | None:
 def stored(s: Scheme, shape, float_dtype: str) -> list[tuple[str, str, tuple[int, ...]]]:
     """(suffix, safetensors dtype, shape) of the tensors that replace one [out, in] weight, in writing order."""
     out, n_in = shape
-    per_word = 32 // s.bits
+    per_word = s.per_word
     if n_in % per_word:
         raise Unsupported(f"input width {n_in} is not a multiple of {per_word}, which {s.name} packs per int32")
     g = group_size(s, n_in)
-    return [("weight_packed", "I32", (out, n_in // per_word)),
-            ("weight_scale", float_dtype, (out, n_in // g if g else 1)),
-            ("weight_shape", "I64", (2,))]
+    fmt = FORMATS[s.format]
+    return list(zip(fmt.suffixes, (fmt.storage, float_dtype, "I64"),
+                    ((out, n_in // per_word), (out, n_in // g if g else 1), (2,))))
 
 
 @dataclass
 class Packed:
-    """One quantized weight as stored; rows in the caller's order (a row permutation commutes with quantization)."""
+    """One quantized weight as stored; rows in the caller's order (a row permutation commutes with quantization).
+    packed: the values tensor (int32 words, or the int8 / float8 weight itself, by format)."""
     packed: torch.Tensor
     scale: torch.Tensor
     shape: tuple[int, int]
+    format: str = FORMAT
 
     def parts(self) -> dict[str, torch.Tensor]:
-        return {"weight_packed": self.packed, "weight_scale": self.scale,
-                "weight_shape": torch.tensor(self.shape, dtype=torch.int64)}
+        return dict(zip(FORMATS[self.format].suffixes,
+                        (self.packed, self.scale, torch.tensor(self.shape, dtype=torch.int64))))
 
     @property
     def nbytes(self) -> int:
@@ -111,12 +151,19 @@ def quantize(w: torch.Tensor, s: Scheme, float_dtype: str) -> Packed:
     g = group_size(s, n_in) or n_in
     x = w.to(dt).reshape(out, n_in // g, g)
     scale = scales(x, s, dt)
-    q = torch.round(torch.clamp(x / scale.unsqueeze(-1), s.qmin, s.qmax))
+    if s.type == "float":  # the cast rounds (nearest even); + 0: compressed-tensors' zero point, -0.0 -> +0.0
+        q = torch.clamp(x / scale.unsqueeze(-1) + 0, s.qmin, s.qmax).to(torch.float8_e4m3fn)
+    else:
+        q = torch.round(torch.clamp(x / scale.unsqueeze(-1), s.qmin, s.qmax))
     return pack(q.reshape(out, n_in), scale, s)
 
 
 def pack(q: torch.Tensor, scale: torch.Tensor, s: Scheme) -> Packed:
-    """Integers q [out, in] (any int or integral float dtype, within qmin..qmax) and their scales, as stored."""
+    """Integers q [out, in] (any int or integral float dtype, within qmin..qmax; fp8: float8_e4m3fn values) and
+    their scales, as stored."""
+    if s.format != FORMAT:  # the values as they are, int8 or float8
+        return Packed(q.to(torch.float8_e4m3fn if s.type == "float" else torch.int8), scale, tuple(q.shape),
+                      s.format)
     u = (q.to(torch.int16) - s.qmin).to(torch.uint8)        # offset into 0 .. 2^bits - 1
     if s.bits == 4:
         u = u[:, 0::2] | (u[:, 1::2] << 4)
@@ -124,7 +171,9 @@ def pack(q: torch.Tensor, scale: torch.Tensor, s: Scheme) -> Packed:
 
 
 def unpack(packed: torch.Tensor, s: Scheme) -> torch.Tensor:
-    """int32 words -> the signed integers q, [out, in]."""
+    """int32 words -> the signed integers q, [out, in] (int8 / float8 values: as they are)."""
+    if s.format != FORMAT:
+        return packed
     u = packed.contiguous().view(torch.uint8)
     if s.bits == 4:
         u = torch.stack([u & 15, u >> 4], -1).reshape(u.shape[0], -1)
@@ -134,19 +183,31 @@ def unpack(packed: torch.Tensor, s: Scheme) -> torch.Tensor:
 def dequantize(packed: torch.Tensor, scale: torch.Tensor, s: Scheme) -> torch.Tensor:
     q = unpack(packed, s)
     out, n_in = q.shape
+    # q * scale is exact in f32 (a 4/8-bit integer or a 4-significant-bit fp8 value times a 16-bit float);
+    # compressed-tensors gives the same values with the scale in f32 (transformers loading in float32), or these
+    # rounded to a 16-bit scale's dtype. A per-tensor scale ([1]) applies to every row.
+    scale = scale.reshape(-1, 1) if scale.ndim == 1 else scale
     g = n_in // scale.shape[1]
-    # q * scale is exact in f32 (a 4/8-bit integer times a 16-bit float); compressed-tensors gives the same values
-    # with the scale in f32 (transformers loading in float32), or these rounded to a 16-bit scale's dtype
-    w = q.reshape(out, -1, g).float() * scale.float().unsqueeze(-1)
+    w = q.reshape(out, -1, g).float() * scale.float().unsqueeze(-1)  # [out|1, groups, 1] broadcasts
     return w.reshape(out, n_in)
 
 
 # ---- config.json ------------------------------------------------------------------------------------------
 
+def _args(s: Scheme, group: int | None, strategy: str, dynamic: bool, observer: str | None) -> dict:
+    """One QuantizationArgs as compressed-tensors 0.19 (llm-compressor 0.14's) serializes it: every field."""
+    return {"num_bits": s.bits, "type": s.type, "symmetric": True, "group_size": group, "strategy": strategy,
+            "block_structure": None, "dynamic": dynamic, "actorder": None, "scale_dtype": None, "zp_dtype": None,
+            "observer": observer, "observer_kwargs": {}}
+
+
 def _weights_args(s: Scheme, group: int | None) -> dict:
-    return {"num_bits": s.bits, "type": "int", "symmetric": True, "group_size": group,
-            "strategy": "group" if group else "channel", "block_structure": None, "dynamic": False,
-            "actorder": None, "scale_dtype": None, "zp_dtype": None, "observer": "minmax", "observer_kwargs": {}}
+    return _args(s, group, "group" if group else "channel", False, s.observer)
+
+
+def _input_args(s: Scheme) -> dict | None:
+    """Dynamic per-token activations: a scale per token computed at run time, no observer."""
+    return _args(s, None, "token", True, None) if s.acts else None
 
 
 def quantization_config(s: Scheme, kinds_by_group: dict[int | None, set[str]], ignore: list[str]) -> dict:
@@ -159,15 +220,16 @@ def quantization_config(s: Scheme, kinds_by_group: dict[int | None, set[str]], i
         kinds = "|".join(re.escape(k) for k in sorted(kinds_by_group[g]))
         groups[f"group_{i}"] = {
             "targets": ["Linear"] if len(sizes) == 1 else [f"re:.*\\.({kinds})$"],
-            "weights": _weights_args(s, g), "input_activations": None, "output_activations": None,
-            "format": FORMAT}
-    return {"quant_method": "compressed-tensors", "format": FORMAT, "quantization_status": "compressed",
+            "weights": _weights_args(s, g), "input_activations": _input_args(s), "output_activations": None,
+            "format": s.format}
+    return {"quant_method": "compressed-tensors", "format": s.format, "quantization_status": "compressed",
             "config_groups": groups, "ignore": ignore, "kv_cache_scheme": None, "global_compression_ratio": None,
             "sparsity_config": {}, "transform_config": {}}
 
 
 def scheme_of(qconfig: dict, module: str, source: str) -> Scheme:
-    """The scheme config.json declares for one module of a pack-quantized checkpoint (symmetric int only)."""
+    """The scheme config.json declares for one module of a compressed-tensors checkpoint, as far as reading its
+    weights goes (format, type, bits; symmetric only; group sizes come from the stored scales' shape)."""
     if not isinstance(qconfig, dict) or qconfig.get("quant_method") != "compressed-tensors":
         raise BadInput(f"{source}: {module} is stored packed but config.json has no compressed-tensors "
                        f"quantization_config")
@@ -176,12 +238,14 @@ def scheme_of(qconfig: dict, module: str, source: str) -> Scheme:
         if any(_matches(t, module) for t in targets):
             w = grp.get("weights") or {}
             fmt = grp.get("format") or qconfig.get("format")
-            if fmt != FORMAT or w.get("type") != "int" or not w.get("symmetric", True) \
-                    or w.get("num_bits") not in (4, 8):
+            found = [s for s in SCHEMES.values() if (s.format, s.type, s.bits) == (fmt, w.get("type"),
+                                                                                     w.get("num_bits"))]
+            if not found or not w.get("symmetric", True):
+                known = ", ".join(f"{s.bits}-bit {s.type} {s.format}" for s in SCHEMES.values())
                 raise Unsupported(f"{source}: {module}: compressed-tensors scheme {fmt} {w.get('num_bits')}-bit "
                                   f"{w.get('type')} symmetric={w.get('symmetric')}; weightsmith reads symmetric "
-                                  f"int4/int8 {FORMAT}")
-            return SCHEMES[f"INT{w['num_bits']}"]
+                                  f"{known}")
+            return found[0]
     raise BadInput(f"{source}: no quantization_config group targets {module}")
 
 
