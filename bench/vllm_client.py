@@ -63,13 +63,29 @@ def convert(out: Path, type_: str) -> Path:
     return d
 
 
-def transformers_greedy(model_dir: Path, prompts: list[list[int]], n: int, dtype: str):
+def int8_per_token_127(module, args):
+    """vLLM's dynamic int8 activation quantization (scale = amax / 127 per token), as a forward pre-hook;
+    compressed-tensors' own (transformers') uses amax / 127.5, its symmetric range (qmax - qmin) / 2."""
+    import torch
+    x = args[0]
+    scale = x.abs().amax(-1, keepdim=True).float() / 127
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (torch.clamp(torch.round(x.float() / scale), -128, 127) * scale).to(x.dtype),
+
+
+def transformers_greedy(model_dir: Path, prompts: list[list[int]], n: int, dtype: str, acts: str = "ct"):
     """transformers' greedy tokens for each prompt, the seconds it took, and a scorer: for a prompt and another
-    continuation, where it first leaves transformers' argmax and by how much (top logit - its token's logit)."""
+    continuation, where it first leaves transformers' argmax and by how much (top logit - its token's logit).
+    acts "127": W8A8 activations quantized as vLLM's kernel does instead of compressed-tensors' way."""
     import torch
     from transformers import AutoModelForCausalLM
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    if acts == "127":
+        for m in model.modules():
+            if getattr(m, "quantization_scheme", None) is not None:
+                m.quantization_enabled = False  # weights stay decompressed; activations by the hook
+                m.register_forward_pre_hook(int8_per_token_127)
     out = []
     with torch.no_grad():
         for ids in prompts:
@@ -92,7 +108,8 @@ def vllm_greedy(py: Path, model_dir: Path, prompts: list[list[int]], n: int, dev
     r = subprocess.run([py, __file__, "--worker", str(model_dir), json.dumps(prompts), str(n), device, dtype],
                        capture_output=True, text=True, env=env)
     if r.returncode:
-        return {"error": (r.stderr.strip().splitlines() or ["(no output)"])[-1][:200], "log": r.stderr}
+        errors = [ln for ln in r.stderr.splitlines() if "Error" in ln and "it/s" not in ln]
+        return {"error": (errors or r.stderr.strip().splitlines() or ["(no output)"])[-1][:200], "log": r.stderr}
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -124,6 +141,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=24, help="tokens generated per prompt")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="what both run in (auto: the model's, bf16)")
+    ap.add_argument("--all", action="store_true", help="on CPU too, try the schemes it has no kernel for")
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -131,8 +149,9 @@ def main():
     from transformers import AutoTokenizer
     py = make_venv(a.venv, a.device)
     a.out.mkdir(parents=True, exist_ok=True)
-    rows = [(name, t) for name, t, on_cpu in MODELS if on_cpu or a.device == "cuda"]
-    dirs = {t: convert(a.out, t) for _, t in rows}
+    rows = [(name, t, "ct") for name, t, on_cpu in MODELS if on_cpu or a.device == "cuda" or a.all]
+    rows.insert(2, ("w8a8 (hf /127)", "w8a8", "127"))  # transformers with vLLM's activation rounding
+    dirs = {t: convert(a.out, t) for _, t, _ in rows}
     tok = AutoTokenizer.from_pretrained(dirs["bf16"])
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
     print(f"\nvLLM ({a.device}) vs transformers, greedy, {a.tokens} tokens per prompt, dtype {a.dtype}, "
@@ -141,9 +160,11 @@ def main():
           f"top logit there (transformers scoring vLLM's continuation)\n")
     print(f"{'model':14} {'prompt':38} {'agree':>7} {'gap':>6}  {'vLLM s':>6} {'hf s':>5}  vLLM's text")
     all_equal = True
-    for name, t in rows:
-        want, hf_s, first_miss = transformers_greedy(dirs[t], prompts, a.tokens, a.dtype)
-        got = vllm_greedy(py, dirs[t], prompts, a.tokens, a.device, a.dtype)
+    vllm_runs = {}
+    for name, t, acts in rows:
+        want, hf_s, first_miss = transformers_greedy(dirs[t], prompts, a.tokens, a.dtype, acts)
+        got = vllm_runs.get(t) or vllm_greedy(py, dirs[t], prompts, a.tokens, a.device, a.dtype)
+        vllm_runs[t] = got
         if "error" in got:
             all_equal = False
             (a.out / f"vllm-{t}.log").write_text(got["log"])

@@ -25,6 +25,7 @@ from compressed_tensors.quantization import (QuantizationConfig, QuantizationSch
 from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E402
 
 from weightsmith.formats import open_checkpoint  # noqa: E402
+from weightsmith.verify.model import Model  # noqa: E402
 from weightsmith.quant import compressed  # noqa: E402
 
 PRESET = {"w8a8": "W8A8", "fp8": "FP8_DYNAMIC"}  # weightsmith --type -> llm-compressor's preset scheme
@@ -56,6 +57,7 @@ def reference(src, type_: str, tmp) -> tuple[dict, dict]:
     from transformers import LlamaForCausalLM
     model = LlamaForCausalLM.from_pretrained(src, dtype="auto")
     scheme = preset_name_to_scheme(PRESET[type_], ["Linear"])
+    scheme.weights.observer = "memoryless_minmax"  # what llm-compressor 0.14 sets (and writes) for these weights
     apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"]))
     for m in model.modules():
         if getattr(m, "quantization_scheme", None) is not None:
@@ -145,11 +147,15 @@ def test_bytes_config_and_model_match_compressed_tensors(built, tmp_path, ws, to
     # dequantized checkpoint computes; with it (as vLLM runs W8A8 / FP8), it drifts a little further
     plain, with_acts, dequantized = logits(out, act_quant=False), logits(out), logits(deq)
     assert (plain - dequantized).abs().max() <= 1e-5
+    # and what weightsmith's own reference pass (verify's) computes on the quantized directory
+    assert (Model(open_checkpoint(out)).forward(torch.tensor(TOKENS))[0] - plain).abs().max() <= 1e-4
     source = logits(src)
     drift_w, drift_wa = kld(source, dequantized), kld(source, with_acts)
-    print(f"\n{family} {str(dtype)[6:]} {type_}: mean KLD vs source, weights only {drift_w:.2e}, "
-          f"weights + dynamic activations {drift_wa:.2e}")
-    assert drift_w < 0.01 and drift_wa < 0.02, (drift_w, drift_wa)  # sanity bounds, not oracles
+    v = json.loads(ws("verify", src, out, "--ctx", "128", "--json").stdout)
+    print(f"\n{family} {str(dtype)[6:]} {type_}: mean KLD vs source: weights only {drift_w:.2e} (transformers), "
+          f"{v['mean_kld']:.2e} (weightsmith verify, top-1 {v['top1_agreement']:.3f}); weights + dynamic "
+          f"activations {drift_wa:.2e} (transformers)")
+    assert drift_w < 0.01 and drift_wa < 0.02 and v["mean_kld"] < 0.01, (drift_w, drift_wa)  # sanity bounds
 
 
 def _canonical_rows(w: torch.Tensor, canonical: str, config: dict) -> torch.Tensor:
