@@ -1,0 +1,159 @@
+"""GPTQ for int4/int8 (compressed-tensors pack-quantized).
+
+One Linear with known inputs: weightsmith's GPTQ (lazy batches of 128 columns, Cholesky inverse) equals a GPTQ
+written here from the paper's Algorithm 1 (one column at a time over the whole matrix, an explicit inverse), with
+compressed-tensors' own calculate_qparams for the scales: the same integers and the same scales, with and without
+groups and activation order; dead and rank-deficient inputs are handled.
+"""
+import pytest
+import torch
+
+ct = pytest.importorskip("compressed_tensors")
+from compressed_tensors.quantization import QuantizationArgs  # noqa: E402
+from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E402
+
+from weightsmith.errors import BadInput  # noqa: E402
+from weightsmith.quant import compressed, gptq  # noqa: E402
+
+
+# ---- a reference GPTQ, from the paper ---------------------------------------------------------------------------
+
+def _qparams(x: torch.Tensor, bits: int, group) -> torch.Tensor:
+    """compressed-tensors' symmetric min-max scale of each row of each group of x [out, n_groups, g]."""
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=True, group_size=group,
+                            strategy="group" if group else "channel")
+    scale, _ = calculate_qparams(x.amin(-1), x.amax(-1), args)
+    return scale
+
+
+def reference_gptq(W, X, bits, group, actorder, damp, dt):
+    """Frantar et al., Algorithm 1 without lazy batches, float64. X [N, in]: the layer's inputs."""
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    n_out, n_in = W.shape
+    X = X.double()
+    H = 2 * X.T @ X / X.shape[0]
+    W0 = W.to(dt)
+    if group is None:
+        scale = _qparams(W0.unsqueeze(1), bits, None)                     # [out, 1]
+    elif actorder == "static":
+        scale = _qparams(W0.view(n_out, n_in // group, group), bits, group)
+    else:
+        scale = torch.zeros(n_out, n_in // group, dtype=dt)
+    perm = torch.argsort(torch.diag(H), descending=True, stable=True) if actorder == "static" else torch.arange(n_in)
+    W, H = W.double()[:, perm].clone(), H[perm][:, perm].clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * torch.diag(H).mean() * torch.eye(n_in, dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    Q = torch.zeros(n_out, n_in, dtype=torch.int16)
+    for j in range(n_in):
+        c = int(perm[j])
+        if group and actorder != "static" and j % group == 0:
+            scale[:, j // group] = _qparams(W[:, j:j + group].to(dt).unsqueeze(1), bits, group)[:, 0]
+        sc = scale[:, c // group if group else 0].double()
+        q = torch.clamp(torch.round(W[:, j] / sc), qmin, qmax)
+        err = (W[:, j] - q * sc) / U[j, j]
+        W[:, j:] -= err[:, None] * U[j, j:][None, :]
+        Q[:, c] = q.to(torch.int16)
+    return Q, scale
+
+
+def layer(n_out=48, n_in=256, n_tok=512, seed=0):
+    """A weight and inputs whose columns differ in scale (so activation order matters) and correlate."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n_out, n_in, generator=g) / n_in ** 0.5
+    mix = torch.eye(n_in) + 0.3 * torch.randn(n_in, n_in, generator=g) / n_in ** 0.5
+    X = (torch.randn(n_tok, n_in, generator=g) @ mix) * torch.rand(n_in, generator=g).mul(3).exp()
+    return W, X
+
+
+def hessian_of(X, batch=100):
+    h = gptq.Hessian(X.shape[1])
+    for i in range(0, X.shape[0], batch):  # in batches, as the forward pass hands them over
+        h.add(X[i:i + batch].unsqueeze(0))
+    return h.matrix()
+
+
+def test_hessian_is_two_over_n_xtx():
+    _, X = layer()
+    want = 2 * X.double().T @ X.double() / X.shape[0]
+    torch.testing.assert_close(hessian_of(X).double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+SCHEMES = [("INT4", None), ("INT4-G64", None), ("INT4-G32", None), ("INT8", None), ("INT8-G128", None)]
+
+
+@pytest.mark.parametrize("name", [s for s, _ in SCHEMES])
+@pytest.mark.parametrize("actorder", ["static", "none"])
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_equals_reference_gptq(name, actorder, dt):
+    s = compressed.get(name)
+    W, X = layer()
+    H = 2 * X.double().T @ X.double() / X.shape[0]
+    r = gptq.quantize(W, H, s, dt, damp=0.01, actorder=actorder, dtype=torch.float64)
+    q, scale = reference_gptq(W, X, s.bits, compressed.group_size(s, W.shape[1]), actorder, 0.01, dt)
+    assert torch.equal(r.scale, scale)
+    assert r.scale.dtype == dt
+    assert torch.equal(r.q, q), (r.q != q).sum()
+    assert r.damp == 0.01 and r.dead == 0
+    # GPTQ's loss is the damped Hessian's quadratic form of the change it made (the Cholesky identity)
+    Hd = H + 0.01 * torch.diag(H).mean() * torch.eye(W.shape[1], dtype=H.dtype)
+    dw = W.double() - r.dequantized(s).double()
+    assert r.loss == pytest.approx(gptq.output_loss(dw, Hd), rel=1e-6)  # dequantized in f32
+    # and it beats round-to-nearest on the layer's own inputs
+    rtn = compressed.quantize(W, s, "F32" if dt == torch.float32 else "BF16")
+    dw_rtn = W.double() - compressed.dequantize(rtn.packed, rtn.scale, s).double()
+    assert gptq.output_loss(dw, H) < 0.8 * gptq.output_loss(dw_rtn, H)
+
+
+def test_float32_close_to_float64():
+    """The working precision GPTQ runs in (llm-compressor's float32) changes few integers, by one step."""
+    s = compressed.get("INT4")
+    W, X = layer()
+    H = hessian_of(X)
+    a = gptq.quantize(W, H, s, torch.float32)
+    b = gptq.quantize(W, H, s, torch.float32, dtype=torch.float64)
+    assert torch.equal(a.scale, b.scale)
+    diff = (a.q - b.q).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
+    assert a.loss == pytest.approx(b.loss, rel=1e-3)
+
+
+def test_packed_round_trip_is_the_integers():
+    s = compressed.get("INT4-G64")
+    W, X = layer()
+    r = gptq.quantize(W, hessian_of(X), s, torch.bfloat16)
+    p = r.packed(s)
+    assert torch.equal(compressed.unpack(p.packed, s), r.q)
+    assert p.scale.shape == (W.shape[0], W.shape[1] // 64) and p.shape == tuple(W.shape)
+
+
+@pytest.mark.parametrize("actorder", ["static", "none"])
+def test_dead_and_rank_deficient_inputs(actorder):
+    """Columns no token activates, and fewer tokens than columns (H singular): handled as llm-compressor does, and
+    equal to the reference; with no dampening asked the factorization needs some, and says how much."""
+    s = compressed.get("INT4-G64")
+    W, X = layer(n_tok=40)
+    X[:, [3, 100, 255]] = 0
+    H = 2 * X.double().T @ X.double() / X.shape[0]
+    r = gptq.quantize(W, H, s, torch.float32, actorder=actorder, dtype=torch.float64)
+    q, scale = reference_gptq(W, X, 4, 64, actorder, 0.01, torch.float32)
+    assert r.dead == 3 and torch.equal(r.q, q) and torch.equal(r.scale, scale)
+    assert (r.q[:, [3, 100, 255]] == 0).all()
+    r0 = gptq.quantize(W, H.float(), s, torch.float32, damp=0.0, actorder=actorder)
+    assert r0.damp > 0 and torch.isfinite(r0.dequantized(s)).all()
+    assert r0.q.min() >= s.qmin and r0.q.max() <= s.qmax
+
+
+def test_bad_hessians():
+    s = compressed.get("INT4")
+    W, X = layer()
+    H = hessian_of(X)
+    H[0, 0] = float("nan")
+    with pytest.raises(BadInput, match="not finite"):
+        gptq.quantize(W, H, s, torch.float32)
+    with pytest.raises(BadInput, match="actorder"):
+        gptq.quantize(W, hessian_of(X), s, torch.float32, actorder="group")
+    with pytest.raises(BadInput, match="no.*tokens|none reached"):
+        gptq.Hessian(4).matrix()

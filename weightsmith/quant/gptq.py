@@ -1,0 +1,150 @@
+"""GPTQ (Frantar et al. 2022, arXiv:2210.17323) for compressed-tensors' symmetric int4/int8: array functions only.
+
+Given a Linear weight W [out, in] and its input Hessian H = 2/N sum_t x_t x_t^T (N calibration tokens, Hessian
+below), columns are quantized one at a time and each one's rounding error is spread over the columns not yet
+quantized, weighted by the upper Cholesky factor U of H^-1 (the paper's Algorithm 1, with its lazy batches of 128
+columns: a column's error reaches the columns of its own batch at once, the later ones in one matmul at its end).
+What llm-compressor's GPTQModifier does, step for step:
+  - dead inputs (diag(H) == 0: a column no token ever activates) get H[j, j] = 1 and W[:, j] = 0;
+  - dampening: `damp` times the mean of diag(H) added to the diagonal; where H + damp still cannot be factored,
+    ten times more until it can (the caller is told how much: never a silent round-to-nearest);
+  - activation order `static`: columns in decreasing diag(H) (stable sort), with the scales of the declared
+    scheme computed first on the original weights in their natural groups, so the stored tensors need no g_idx;
+    `none`: natural order, and a group's scale is computed when its first column comes up, on the weights as
+    the earlier columns' errors left them (the paper's reference code); per-channel scales (int8) always come
+    from the original weights;
+  - scales are compressed-tensors' (compressed.scales: min-max symmetric, in the model's float dtype), and each
+    column is q = clamp(round(w / scale), qmin, qmax), half to even, so the integers mean exactly q * scale.
+Nothing here runs a model: verify.calibrate streams the activations, convert.gptq_stream drives both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import dtypes
+from ..errors import BadInput
+from . import compressed
+
+BLOCK = 128          # columns per lazy batch
+MAX_DAMP = 100.0     # dampening (fraction of the mean diagonal) beyond which a Hessian is given up on
+ACTORDERS = ("static", "none")
+OUTPUT_LOSS_ROWS = 2048  # output_loss on at most this many rows (evenly strided), scaled to all of them
+
+
+class Hessian:
+    """The running sum of x x^T over every row x of the inputs (tokens) one Linear sees, in float32."""
+
+    def __init__(self, n: int, device=None):
+        self.sum = torch.zeros(n, n, dtype=torch.float32, device=device)
+        self.count = 0
+
+    def add(self, x: torch.Tensor):
+        x = x.reshape(-1, x.shape[-1]).to(self.sum.device, torch.float32)
+        self.sum.addmm_(x.T, x)
+        self.count += x.shape[0]
+
+    def matrix(self) -> torch.Tensor:
+        """H = 2/N sum x x^T: tr(dW H dW^T) / 2 is then the mean squared output error a change dW causes."""
+        if self.count == 0:
+            raise BadInput("GPTQ needs calibration tokens: none reached this layer")
+        return self.sum * (2.0 / self.count)
+
+
+@dataclass
+class Result:
+    q: torch.Tensor        # int16 [out, in], the integers in the original column order
+    scale: torch.Tensor    # [out, in / group] (or [out, 1]) in the model's float dtype
+    loss: float            # GPTQ's own figure: sum of err^2 / 2 (the damped Hessian's output error)
+    damp: float            # the dampening used (a fraction of mean diag(H)): more than asked when needed
+    dead: int              # input columns no token activated
+
+    def packed(self, s: compressed.Scheme) -> compressed.Packed:
+        return compressed.pack(self.q, self.scale, s)
+
+    def dequantized(self, s: compressed.Scheme) -> torch.Tensor:
+        """q * scale in float32, as compressed-tensors decompresses it."""
+        return compressed.dequantize(self.packed(s).packed, self.scale, s)
+
+
+def quantize(w: torch.Tensor, H: torch.Tensor, s: compressed.Scheme, float_dtype, damp: float = 0.01,
+             actorder: str = "static", block: int = BLOCK, dtype=torch.float32) -> Result:
+    """GPTQ of one weight w [out, in] against H [in, in] (Hessian.matrix()). float_dtype: the model's (scales are
+    stored in it); dtype: the working precision (float32 as llm-compressor; float64 in the tests)."""
+    if actorder not in ACTORDERS:
+        raise BadInput(f"--actorder {actorder}: one of {', '.join(ACTORDERS)}")
+    dt = float_dtype if isinstance(float_dtype, torch.dtype) else dtypes.torch_dtype(float_dtype)
+    n_out, n_in = w.shape
+    G = compressed.group_size(s, n_in)
+    W = w.to(dtype).clone()
+    H = H.to(W.device, dtype).clone()
+    if not torch.isfinite(H).all():
+        raise BadInput("GPTQ: the calibration activations are not finite (NaN or Inf in the Hessian)")
+    col = torch.arange(n_in, device=W.device)
+    static = actorder == "static"
+    if G is None:      # per channel: one scale per row, from the original weights
+        scale = compressed.scales(w, s, dt).unsqueeze(-1)
+    elif static:       # static groups: every scale from the original weights, before any column moves
+        scale = compressed.scales(w.reshape(n_out, n_in // G, G), s, dt)
+    else:              # filled as each group comes up
+        scale = torch.empty(n_out, n_in // G, dtype=dt, device=W.device)
+    if static:
+        col = torch.argsort(torch.diagonal(H), descending=True, stable=True)
+        W, H = W[:, col], H[col][:, col]
+    group = (col // G).tolist() if G else [0] * n_in  # each column's scale (its original group)
+    dead = torch.diagonal(H) == 0
+    H.diagonal()[dead] = 1
+    W[:, dead] = 0
+    U, used = _inverse_factor(H, damp)
+    del H
+    Q = torch.empty_like(W)
+    losses = torch.zeros((), dtype=dtype, device=W.device)
+    step = max(block, G or 0)  # a multiple of the group (powers of two): a group never straddles two batches
+    for i1 in range(0, n_in, step):
+        i2 = min(i1 + step, n_in)
+        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            j = i1 + i
+            if G and not static and j % G == 0:
+                scale[:, j // G] = compressed.scales(W1[:, i:i + G], s, dt)
+            sc = scale[:, group[j]].to(dtype)
+            wj = W1[:, i]
+            q = torch.clamp(torch.round(wj / sc), s.qmin, s.qmax)
+            Q[:, j] = q
+            err = (wj - q * sc) / U1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        losses += Err1.pow(2).sum() / 2
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    if static:
+        Q = Q[:, torch.argsort(col)]
+    return Result(Q.to(torch.int16), scale, float(losses), used, int(dead.sum()))
+
+
+def _inverse_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
+    """The upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, and the damp it took: the one asked for, or
+    ten times more each time H + damp cannot be factored (a Hessian that is singular in floating point)."""
+    mean = torch.diagonal(H).mean()
+    frac = damp
+    while True:
+        Hd = H.clone()
+        Hd.diagonal().add_(frac * mean)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if int(info) == 0 and torch.isfinite(U).all():
+                return U, frac
+        if frac >= MAX_DAMP:
+            raise BadInput(f"GPTQ: the Hessian cannot be factored even with dampening {frac:g} x its mean diagonal")
+        frac = frac * 10 if frac > 0 else 1e-4
+
+
+def output_loss(dw: torch.Tensor, H: torch.Tensor) -> float:
+    """tr(dw H dw^T) / 2: the mean over calibration tokens of |dw x|^2 (H = Hessian.matrix()), in float64; on an
+    evenly strided OUTPUT_LOSS_ROWS of the rows (scaled up) when there are more, so it costs a fraction of GPTQ."""
+    n = dw.shape[0]
+    step = -(-n // OUTPUT_LOSS_ROWS)
+    d = dw[::step].to(H.device, torch.float64)
+    return float(((d @ H.double()) * d).sum() / 2 * (n / d.shape[0]))
