@@ -57,12 +57,27 @@ def inspect(path, as_json):
 @click.option("--no-check", is_flag=True, help="Skip checklist.chk md5 verification of a Meta source.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
 @click.option("-q", "--quiet", is_flag=True, help="No per-tensor log and no progress bar.")
-def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, tokenizer_pre, no_check, force, quiet):
+@click.option("--calibrate", type=click.Path(), help="UTF-8 calibration text, tokenized by SRC's tokenizer: int4/int8 "
+              "are quantized by GPTQ on it.")
+@click.option("--samples", default=128, show_default=True, type=int, help="Calibration chunks (--calibrate).")
+@click.option("--ctx", default=512, show_default=True, type=int, help="Tokens per calibration chunk.")
+@click.option("--group-size", type=int, help="int4/int8: input columns per scale (int4 default 128; int8 default "
+              "per channel).")
+@click.option("--method", type=click.Choice(["gptq", "rtn"]), help="int4/int8: GPTQ (the default with --calibrate) "
+              "or round-to-nearest.")
+@click.option("--damp", default=0.01, show_default=True, type=float, help="GPTQ dampening, times the Hessian's mean "
+              "diagonal.")
+@click.option("--actorder", default="static", show_default=True, type=click.Choice(["static", "none"]),
+              help="GPTQ column order: by decreasing activation (scales from the original weights) or as stored.")
+@click.option("--device", help="torch device for the calibration forward pass and GPTQ (default cpu; e.g. cuda).")
+def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, tokenizer_pre, no_check, force, quiet,
+            calibrate, samples, ctx, group_size, method, damp, actorder, device):
     """Convert SRC to DST (Meta, HF, GGUF in any direction), streaming each tensor in pieces."""
     from .convert.pipeline import convert as run
     run(src, dst, to=to, type_=type_, shard_size=parse_size(shard_size), mp=mp, tokenizer=tokenizer,
         tokenizer_pre=tokenizer_pre, split_max_size=parse_size(split_max_size) if split_max_size else 0, quiet=quiet,
-        force=force, check=not no_check)
+        force=force, check=not no_check, calibrate=calibrate, samples=samples, ctx=ctx, group_size=group_size,
+        method=method, damp=damp, actorder=actorder, device=device)
 
 
 @main.command()

@@ -66,7 +66,11 @@ def tokenizer_override(path) -> dict[str, Path]:
 
 def convert(src, dst, to: str | None = None, type_: str | None = None, shard_size: int = 5_000_000_000, mp: int = 1,
             tokenizer=None, tokenizer_pre: str | None = None, split_max_size: int = 0, quiet: bool = False,
-            force: bool = False, check: bool = True) -> Checkpoint:
+            force: bool = False, check: bool = True, calibrate=None, samples: int = 128, ctx: int = 512,
+            method: str | None = None, group_size: int | None = None, damp: float = 0.01, actorder: str = "static",
+            device=None) -> Checkpoint:
+    """int4/int8: calibrate (a text file, samples chunks of ctx tokens) runs GPTQ (method gptq, the default with it;
+    rtn: round-to-nearest) with damp, actorder and the forward pass on device; group_size: columns per scale."""
     dst = Path(dst)
     to = to or formats.default_target(dst)
     writer_cls = formats.writer(to)
@@ -82,18 +86,26 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
         ck.vocab  # a GGUF's vocabulary, read (and checked) before anything is written; writers use it at the end
     cfg = ck.config
     default = source_type(ck)
+    type_, producer_args = _int_options(type_, calibrate, method, group_size)
     jobs = [(r.canonical, r, target_type(type_, r, writer_cls, default, cfg)) for r in ck.tensors]
     if cfg.tied_embeddings and writer_cls.stores_tied_output:
         embd = next(j for j in jobs if j[0] == "token_embd.weight")
         jobs.append(("output.weight", embd[1], embd[2]))
     specs = [Spec(name, ref.shape, t) for name, ref, t in jobs]
+    producer = None
     with AtomicOutput(dst, writer_cls.is_dir, force) as tmp:
+        if producer_args:  # GPTQ runs on its own thread, a block ahead of the writer
+            from .gptq_stream import Options, Producer
+            producer = Producer(ck, producer_args, default, Options(calibrate, samples, ctx, damp, actorder, device),
+                                quiet)
         preset = presets.get(type_) if type_ else None
         w = writer_cls(tmp, ck, specs, tokenizer_files=tok_files, tokenizer_pre=tokenizer_pre, shard_size=shard_size,
                        mp=mp, split_max_size=split_max_size, file_type=preset[1].file_type if preset else None)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
             tensors = [_Tensor(name, ref, t, w.name(name), default, cfg) for name, ref, t in jobs]
+            for c in tensors:
+                c.producer = producer if producer and compressed.get(c.t) else None
             pieces = _staged([(c, rows) for c in tensors for rows in c.plan], any(c.uses_torch for c in tensors))
             for c in tensors:
                 w.write(c.name, (next(pieces) for _ in c.plan))
@@ -101,8 +113,31 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
             w.finish()
         finally:
             w.close()
+            if producer:
+                producer.close()
+    if producer and not quiet:
+        from .gptq_stream import summary
+        print(summary([c.gptq for c in tensors if c.gptq]), flush=True)
     log.finish(dst)
     return ck
+
+
+def _int_options(type_, calibrate, method, group_size):
+    """(--type with --group-size applied, the scheme GPTQ quantizes to or None) for int4/int8 output."""
+    scheme = compressed.get(type_) if type_ else None
+    is_int = scheme is not None and scheme.format == compressed.FORMAT
+    if (group_size is not None or method is not None) and not is_int:
+        raise BadInput("--group-size and --method apply to --type int4 / int8")
+    if calibrate and scheme is not None and not is_int:
+        raise BadInput(f"--calibrate applies to int4 / int8 (GPTQ) and the ggml types, not --type {type_}")
+    if method not in (None, "gptq", "rtn"):
+        raise BadInput(f"--method {method}: gptq or rtn")
+    if method == "gptq" and not calibrate:
+        raise BadInput("--method gptq needs calibration text (--calibrate TEXT)")
+    if group_size is not None:
+        scheme = compressed.grouped(scheme, group_size)
+        type_ = scheme.name
+    return type_, scheme if is_int and calibrate and method != "rtn" else None
 
 
 def _passes_through(ref, t: str) -> bool:
@@ -122,6 +157,8 @@ class _Tensor:
         self.plan = self._plan(cfg)
         self.nbytes = 0
         self.err2 = self.norm2 = 0.0
+        self.producer = None  # gptq_stream.Producer: where a GPTQ-quantized matrix comes from
+        self.gptq = None  # its gptq_stream.Stats
 
     def _plan(self, cfg) -> list[tuple[int, int] | None]:
         """The row ranges it is read in; [None] for one piece holding it whole (0-d tensors, bytes passed through,
@@ -162,7 +199,10 @@ class _Tensor:
         scheme = compressed.get(t)
         if scheme:  # whole tensor: int8 per channel, int4 per group of columns
             x = dtypes.to_torch(x).float()
-            data = compressed.quantize(x, scheme, self.float_dtype)
+            if self.producer:
+                data, self.gptq = self.producer.take(self.name)
+            else:
+                data = compressed.quantize(x, scheme, self.float_dtype)
             self.err2, self.norm2 = quant.squared_norms(compressed.dequantize(data.packed, data.scale, scheme), x)
             return data
         x = x.reshape(x.shape[0], -1)
@@ -176,7 +216,7 @@ class _Tensor:
         """The log's extra fields: a quantized tensor's relative RMS error (and where it was requantized from)."""
         if dtypes.is_float(self.t) or _passes_through(self.ref, self.t):
             return ""
-        note = f" | rel rms err {quant.relative(self.err2, self.norm2):.2%}"
+        note = (self.gptq.note() if self.gptq else "") + f" | rel rms err {quant.relative(self.err2, self.norm2):.2%}"
         if not dtypes.is_float(self.ref.dtype):
             note += f" | requantized from {self.ref.dtype} through f32"
         return note

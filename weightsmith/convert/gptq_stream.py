@@ -1,0 +1,166 @@
+"""GPTQ inside a conversion: a producer thread runs the calibration text through the source one block at a time
+(verify.calibrate.stream), GPTQ-quantizes each block's matrices once every chunk has been through it (quant.gptq,
+q/k/v on one input Hessian, gate/up on another), hands the packed tensors to the pipeline, and gives the stream
+the dequantized block, so each later block is calibrated on the errors the earlier ones make (llm-compressor's
+sequential pipeline). The pipeline writes tensors in block order and takes each block's packed tensors from a
+bounded hand-off, so memory holds about one block of weights, one block's Hessians and the hidden states.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from dataclasses import dataclass
+
+from ..errors import BadInput
+from .log import warn
+
+METHODS = ("gptq", "rtn")
+
+
+@dataclass
+class Options:
+    text: str                 # the calibration text file
+    samples: int = 128        # chunks of ctx tokens
+    ctx: int = 512
+    damp: float = 0.01
+    actorder: str = "static"
+    device: str | None = None
+
+
+@dataclass
+class Stats:
+    """What GPTQ did to one matrix, for the log line and the summary."""
+    loss: float               # tr(dW H dW^T) / 2 on the calibration inputs (mean squared output error)
+    rtn_loss: float           # the same for round-to-nearest of the same weights
+    ref: float                # tr(W H W^T) / 2: the output's own mean square, for relative figures
+
+    def note(self) -> str:
+        return (f" | gptq out err {(self.loss / self.ref) ** 0.5:.2%} (rtn {(self.rtn_loss / self.ref) ** 0.5:.2%})"
+                f" | gptq loss {self.loss:.4g}")
+
+
+def calibration_tokens(ck, opts: Options, quiet: bool = False):
+    """--samples chunks of --ctx tokens of the text, tokenized by the source's own tokenizer (BOS first)."""
+    from ..verify import text
+    if opts.samples < 1 or opts.ctx < 2:
+        raise BadInput(f"--samples {opts.samples} --ctx {opts.ctx}: need at least one chunk of at least 2 tokens")
+    tok = text.TextTokenizer(ck)
+    t = text.chunks(tok.encode(text.read_text(opts.text)), opts.ctx, tok.bos_id if tok.add_bos else None)
+    if t.shape[0] < opts.samples and not quiet:
+        print(f"calibration: the text gives {t.shape[0]} chunks of {opts.ctx} tokens, fewer than --samples "
+              f"{opts.samples}: using {t.shape[0]}", file=sys.stderr, flush=True)
+    return t[:opts.samples]
+
+
+class Producer:
+    """Runs GPTQ over ck's blocks on a thread; take(name) gives block matrix `name`'s Packed value and Stats."""
+
+    def __init__(self, ck, scheme, float_dtype: str, opts: Options, quiet: bool = False):
+        from ..verify.model import device_for
+        self.ck, self.scheme, self.float_dtype, self.opts, self.quiet = ck, scheme, float_dtype, opts, quiet
+        device_for(opts.device)  # a bad --device fails here, before anything runs
+        self.tokens = calibration_tokens(ck, opts, quiet)
+        self.ready: dict[str, tuple] = {}
+        self.block, self.hessians = None, {}
+        self.hand = queue.Queue(maxsize=1)  # one block ahead of the writer at most
+        self.stop = threading.Event()
+        self.bar = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="gptq")
+        self.thread.start()
+
+    # ---- the producer thread --------------------------------------------------------------------------------
+    def _run(self):
+        try:
+            import torch
+            from ..verify import calibrate
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.ck.config.n_layers, desc="gptq blocks", unit="blk", file=sys.stderr,
+                            disable=self.quiet or not sys.stderr.isatty(), leave=False)
+            with torch.no_grad():
+                calibrate.stream(self.ck, self.tokens, self._observe, replace=self._replace,
+                                 device=self.opts.device, progress=lambda i, n: self.bar.update(1))
+            self._put(None)
+        except BaseException as e:  # handed to the writer, which raises it
+            self._put(e)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+
+    def _observe(self, i, names, x):
+        from ..quant import gptq
+        if i != self.block:
+            self.block, self.hessians = i, {}
+        if names not in self.hessians:
+            self.hessians[names] = gptq.Hessian(x.shape[-1], x.device)
+        self.hessians[names].add(x)
+
+    def _replace(self, i, w):
+        from ..quant import compressed, gptq
+        out, packed = dict(w), {}
+        for names, h in self.hessians.items():
+            H = h.matrix()
+            for k in names:
+                name = f"blk.{i}.{k}.weight"
+                W = w[k]
+                r = gptq.quantize(W, H, self.scheme, self.float_dtype, damp=self.opts.damp,
+                                  actorder=self.opts.actorder)
+                if r.damp != self.opts.damp:
+                    warn(f"{name}: its input Hessian could not be factored with --damp {self.opts.damp:g}; "
+                         f"GPTQ used {r.damp:g}")
+                deq = r.dequantized(self.scheme).to(W.device, W.dtype)
+                rtn = compressed.quantize(W.cpu(), self.scheme, self.float_dtype)
+                rtn_w = compressed.dequantize(rtn.packed, rtn.scale, self.scheme).to(W.device, W.dtype)
+                stats = Stats(gptq.output_loss(W - deq, H), gptq.output_loss(W - rtn_w, H),
+                              gptq.output_loss(W, H))
+                packed[name] = (r.packed(self.scheme), stats)
+                out[k] = deq
+        self.hessians = {}
+        self._put(packed)
+        return out
+
+    def _put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.hand.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                pass
+        if item is not None and not isinstance(item, BaseException):
+            raise _Stopped()
+
+    # ---- the writer's side ----------------------------------------------------------------------------------
+    def take(self, name: str):
+        """(Packed, Stats) of block matrix `name` (blocks come in order; an earlier one's tensors wait here)."""
+        while name not in self.ready:
+            item = self.hand.get()
+            if item is None:
+                raise RuntimeError(f"GPTQ finished without {name}")
+            if isinstance(item, BaseException):
+                self.close()
+                if isinstance(item, _Stopped):
+                    raise RuntimeError("GPTQ stopped")
+                raise item
+            self.ready.update(item)
+        return self.ready.pop(name)
+
+    def close(self):
+        self.stop.set()
+        try:
+            while True:
+                self.hand.get_nowait()
+        except queue.Empty:
+            pass
+        self.thread.join(timeout=5)
+
+
+class _Stopped(Exception):
+    """The writer gave up (an error elsewhere): the producer thread ends."""
+
+
+def summary(stats: list[Stats]) -> str:
+    g = sum(s.loss for s in stats)
+    r = sum(s.rtn_loss for s in stats)
+    ratio = r / g if g > 0 else float("inf")
+    return (f"GPTQ: {len(stats)} matrices; summed output error on the calibration text {g:.4g} against "
+            f"round-to-nearest's {r:.4g}: {ratio:.2f}x lower")
