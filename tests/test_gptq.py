@@ -157,3 +157,110 @@ def test_bad_hessians():
         gptq.quantize(W, hessian_of(X), s, torch.float32, actorder="group")
     with pytest.raises(BadInput, match="no.*tokens|none reached"):
         gptq.Hessian(4).matrix()
+
+
+# ---- whole tiny models through convert --calibrate ----------------------------------------------------------------
+
+import json  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+
+from conftest import assert_clean_error  # noqa: E402
+from oracles import hf_logits  # noqa: E402
+from test_compressed import PROJ, _args  # noqa: E402
+from test_gguf_write import tok_dir  # noqa: E402,F401  (fixture: a small byte-level BPE tokenizer.json)
+
+from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor  # noqa: E402
+from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme  # noqa: E402
+
+WORDS = ("weightsmith converts llama checkpoints between formats while the quick brown fox jumps over lazy dogs "
+         "and numbers like 42 or 1999 appear").split()
+
+
+def words(n, seed):
+    rnd = random.Random(seed)
+    return " ".join(rnd.choice(WORDS) for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("text")
+    (d / "calib.txt").write_text(words(3000, 0))
+    (d / "held.txt").write_text(words(1500, 1))
+    return d
+
+
+def with_tokenizer(src, tok_dir, dst):  # noqa: F811
+    shutil.copytree(src, dst)
+    for f in tok_dir.iterdir():
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+@pytest.mark.parametrize("family,dtype,type_", [
+    ("llama1", torch.bfloat16, "int4"),      # 64-wide inputs get group 64, down_proj 128: two config groups
+    ("llama2_70b", torch.float32, "int8"),   # GQA 8:1, per channel
+    ("llama32", torch.bfloat16, "int4"),     # tied embeddings, rope scaling
+])
+def test_gptq_checkpoint_loads_and_drifts_less_than_rtn(built, tmp_path, ws, tok_dir, texts, family, dtype,  # noqa: F811
+                                                        type_):
+    from safetensors.torch import load_file
+    from weightsmith.verify import verify
+    src = with_tokenizer(built.hf(family, dtype=dtype), tok_dir, tmp_path / "src")
+    out, rtn = tmp_path / "gptq", tmp_path / "rtn"
+    r = ws("convert", src, out, "--type", type_, "--calibrate", texts / "calib.txt", "--samples", "8", "--ctx", "64")
+    assert r.returncode == 0, r.stderr
+    assert "| gptq out err" in r.stdout and "x lower" in r.stdout
+    assert ws("convert", src, rtn, "--type", type_, "-q").returncode == 0
+
+    cfg = json.loads((out / "config.json").read_text())
+    QuantizationConfig.model_validate(cfg["quantization_config"])
+    sd = load_file(out / "model.safetensors")
+    s = compressed.SCHEMES[type_.upper()]
+    for i in range(cfg["num_hidden_layers"]):
+        for p in PROJ:
+            m = f"model.layers.{i}.{p}"
+            parts = {k: sd[f"{m}.{k}"] for k in ("weight_packed", "weight_scale", "weight_shape")}
+            got = PackedQuantizationCompressor.decompress(
+                parts | {"weight_scale": parts["weight_scale"].float()},
+                QuantizationScheme(targets=["Linear"], weights=_args(cfg["quantization_config"], m)))
+            assert torch.equal(got["weight"], compressed.dequantize(parts["weight_packed"], parts["weight_scale"], s))
+    # transformers (with compressed-tensors) computes what weightsmith's dequantized float copy computes
+    deq = tmp_path / "deq"
+    assert ws("convert", out, deq, "--type", "f32", "-q").returncode == 0
+    assert (hf_logits(out) - hf_logits(deq)).abs().max() <= 1e-5
+    # calibrated drift on held-out text is lower than round-to-nearest's
+    kg = verify(src, out, text_file=texts / "held.txt", ctx=64)["mean_kld"]
+    kr = verify(src, rtn, text_file=texts / "held.txt", ctx=64)["mean_kld"]
+    assert kg < 0.8 * kr, (kg, kr)
+
+
+def test_group_size_without_calibration_matches_compressed_tensors(built, tmp_path, ws):
+    from test_compressed import _check_against_compressed_tensors
+    src = built.hf("llama2_70b")
+    out = tmp_path / "g32"
+    r = ws("convert", src, out, "--type", "int4", "--group-size", "32")
+    assert r.returncode == 0 and "type INT4-G32" in r.stdout, r.stderr
+    _check_against_compressed_tensors(src, out)
+    groups = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert [g["weights"]["group_size"] for g in groups.values()] == [32]
+
+
+def test_gptq_bad_input(built, tmp_path, ws, tok_dir, texts):  # noqa: F811
+    src = with_tokenizer(built.hf("llama1"), tok_dir, tmp_path / "src")
+    area = tmp_path / "area"
+    area.mkdir()
+    (tmp_path / "short.txt").write_text("too short")
+    cases = [
+        (["--type", "int4", "--method", "gptq"], "--calibrate"),
+        (["--type", "int4", "--calibrate", tmp_path / "short.txt", "--ctx", "64"], "fewer than one"),
+        (["--type", "int4", "--calibrate", tmp_path / "missing.txt"], "no such file"),
+        (["--type", "int4", "--group-size", "24"], "power of two"),
+        (["--type", "f16", "--group-size", "64"], "int4 / int8"),
+        (["--type", "w8a8", "--calibrate", texts / "calib.txt"], "--calibrate"),
+    ]
+    for args, msg in cases:
+        assert_clean_error(ws("convert", src, area / "out", *args), area, msg)
+    # a source without a tokenizer cannot be calibrated
+    assert_clean_error(ws("convert", built.hf("llama1"), area / "out", "--type", "int4", "--calibrate",
+                          texts / "calib.txt"), area, "tokenizer")
