@@ -223,7 +223,9 @@ def test_parse():
     assert (r.repo, r.revision, r.path) == ("meta-llama/Llama-3.2-1B", None, "")
     r = hub.parse("hf://org/name@v1.0/original")
     assert (r.repo, r.revision, r.path) == ("org/name", "v1.0", "original")
-    assert hub.parse("org/name@refs%2Fpr%2F3").revision == "refs/pr/3"
+    assert hub.parse("org/name@refs%2Fheads%2Fdev").revision == "refs/heads/dev"
+    r = hub.parse("hf://org/name@refs/pr/3/original")  # a pull request's ref, as HfFileSystem reads it
+    assert (r.revision, r.path) == ("refs/pr/3", "original")
     assert hub.parse(f"hf://org/name/{SMOL.name}").path == SMOL.name
     for local in ("dir/model.gguf", "out/model.safetensors", "./org/name", "/abs/name", "a/b/c", "org/na--me", "x"):
         assert hub.parse(local) is None, local
@@ -343,6 +345,23 @@ def test_offline_errors(offline, ws, tmp_path, src, mention):
     out = tmp_path / "out"
     out.mkdir()
     assert_clean_error(ws("convert", src, out / "x"), out, must_mention=mention)
+
+
+def test_partial_snapshot(server, home, monkeypatch, ws, tmp_path, built):
+    """A cached snapshot missing a file the checkpoint needs: offline, an error naming it; online, the download
+    completes it."""
+    part = tmp_path / "home"
+    shutil.copytree(home / "hub", part / "hub", symlinks=True)
+    (snapshot(part, "org/tiny", MAIN) / "original" / "params.json").unlink()
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(part / "hub"))
+    assert_clean_error(ws("inspect", "hf://org/tiny/original"), must_mention="lacks original/params.json, and "
+                       "HF_HUB_OFFLINE=1 forbids downloading: unset HF_HUB_OFFLINE")
+    r = online(server, part, "inspect", "--json", "hf://org/tiny/original")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == inspect_json(ws, built.meta("llama1"))
+    assert (snapshot(part, "org/tiny", MAIN) / "original" / "params.json").is_file()
 
 
 def test_offline_cli_process(home, built):

@@ -25,9 +25,11 @@ from .errors import BadInput
 from .formats import gguf, hf, meta
 
 SCHEME = "hf://"
-# ORG/NAME[@REVISION]: one slash, no leading ./ or /; a revision holding "/" (refs/pr/1) is percent-encoded
-BARE_RE = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^/@\s]+))?")
-URI_RE = re.compile(r"(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/@]+))?(?:/(?P<path>.*))?")
+# ORG/NAME[@REVISION]: one slash, no leading ./ or /. A revision ends at the next "/", except a pull request's
+# refs/pr/N (as huggingface_hub's HfFileSystem reads it); any other revision holding "/" is percent-encoded.
+REV = r"(?:@(?P<rev>refs/pr/\d+|[^/@\s]+))?"
+BARE_RE = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)" + REV)
+URI_RE = re.compile(r"(?P<repo>[^/@]+/[^/@]+)" + REV + r"(?:/(?P<path>.*))?")
 # a bare name ending like a checkpoint file is a mistyped local path, never a repo id
 FILE_SUFFIXES = (".gguf", ".safetensors", ".pth", ".pt", ".json", ".bin")
 META_FILES = ("params.json", *meta.TOKENIZER_FILES, "checklist.chk")
@@ -272,13 +274,17 @@ def _download(ref: Ref) -> Source:
 
 def _network_error(e: Exception) -> bool:
     """A failure to talk to the Hub (the HTTP client's own error types differ between huggingface_hub versions)."""
-    return isinstance(e, (OSError, ConnectionError, TimeoutError)) or \
+    return isinstance(e, (ConnectionError, TimeoutError)) or \
         type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
 
 
 def missing_hint(arg: str) -> str:
     """For a local path that does not exist but reads like a path inside a Hub repo: how to write that."""
-    parts = str(arg).split("/")
-    if len(parts) > 2 and BARE_RE.fullmatch("/".join(parts[:2])) and not str(arg).startswith((".", "/", "~")):
+    arg = str(arg)
+    if arg.startswith((".", "/", "~", SCHEME)) or not BARE_RE.match(arg):
+        return ""
+    if "@" in arg:
+        return " (a repo id: ORG/NAME@REVISION, a revision holding '/' percent-encoded: refs%2Fheads%2Fdev)"
+    if arg.count("/") > 1:
         return f" (a path inside a Hugging Face repo is written {SCHEME}{arg})"
     return ""
