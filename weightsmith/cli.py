@@ -28,7 +28,11 @@ def parse_size(text: str) -> int:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="weightsmith")
 def main():
-    """Convert, quantize, inspect and verify Llama-family checkpoints (Meta .pth, HF safetensors, GGUF)."""
+    """Convert, quantize, inspect and verify Llama-family checkpoints (Meta .pth, HF safetensors, GGUF).
+
+    Every SRC/PATH may also be a Hugging Face repo, ORG/NAME[@REV] or hf://ORG/NAME[@REV][/PATH] (a local path
+    wins): read from the Hugging Face cache when it holds the files, else downloaded (HF_HUB_OFFLINE=1: cache
+    only). hf://ORG/NAME/original reads Meta's checkpoint; a GGUF repo's file is named: hf://ORG/NAME/FILE.gguf."""
 
 
 @main.command()
