@@ -6,9 +6,21 @@ import torch
 
 import ggml_ref
 from test_quant_bytes import real_rows, rows
+from weightsmith.errors import Unsupported
 from weightsmith.quant import types
 
-WEIGHTED = [name for name, t in types.REGISTRY.items() if t.weighted]
+
+def _weighted(name):
+    """A weighted type; one whose weighted kernel does not exist yet is an expected, visible failure (xfail)."""
+    try:
+        types.get(name).weighted_kernel
+        return name
+    except Unsupported:
+        return pytest.param(name, marks=pytest.mark.xfail(raises=Unsupported, strict=True,
+                                                          reason="weighted kernel not implemented yet"))
+
+
+WEIGHTED = [_weighted(name) for name, t in types.REGISTRY.items() if t.weighted]
 
 
 def importance(kind: str, n: int, seed=0) -> np.ndarray:

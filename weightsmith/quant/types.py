@@ -30,7 +30,10 @@ class QuantType:
         """(x float32 [rows, n], importance float32 [n], out uint8 [rows, n / block * type_size]) -> (err2, norm2,
         first bad flat index or -1): ggml_quantize_chunk with quant_weights, whole rows (some types' weights depend
         on the row's mean square)."""
-        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.name.lower() + "_w")
+        kernel = getattr(importlib.import_module(f"{__package__}.{self.module}"), self.name.lower() + "_w", None)
+        if kernel is None:  # ggml uses one here, and quantizing without it would not give llama-quantize's bytes
+            raise Unsupported(f"quantizing {self.name} with an importance matrix is not implemented yet")
+        return kernel
 
     @property
     def block(self) -> int:
@@ -62,11 +65,13 @@ REGISTRY = {t.name: t for t in [
 
 # llama-quantize's substitutes for a matrix whose rows do not split into 256-wide super-blocks; what still does
 # not split into its blocks is written F16
-FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
 
 
 def for_row_length(name: str, n: int) -> str:
     """The type a matrix with rows of n values actually gets when `name` is asked for."""
+    if dtypes.is_float(name):
+        return name
     if n % get(name).block and name in FALLBACK:
         name = FALLBACK[name]
     return name if n % get(name).block == 0 else "F16"
@@ -111,10 +116,10 @@ def quantize_into(x, name: str, out: np.ndarray, tensor_name: str = "tensor", im
                          f"not {out.dtype} {out.shape}")
     floats = _float32_slices(np.ascontiguousarray(dtypes.to_numpy(x)).reshape(-1))
     if imatrix is not None and qt.weighted:
+        kernel, unit, units = qt.weighted_kernel, n, rows        # whole rows per task
         weights = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
         if weights.shape[0] != n:
             raise BadInput(f"{tensor_name}: the importance matrix has {weights.shape[0]} values, the rows {n}")
-        kernel, unit, units = qt.weighted_kernel, n, rows        # whole rows per task
         per_unit = out
         args = (weights,)
     else:
