@@ -10,7 +10,7 @@ import llamacpp
 from test_gguf_read import SMOL
 from weightsmith.quant.presets import PRESETS
 
-PRESET_NAMES = ["q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q5_1"]
+PRESET_NAMES = ["q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q5_1", "iq4_nl", "iq4_xs"]
 
 
 def hf_model(path, tied: bool):
@@ -50,7 +50,7 @@ def tok_dir(tmp_path_factory):
 # every preset on the tiny models; on the real model (30 layers, rows of 576 that take the fallbacks) the two
 # mixtures with the most rules, to keep CI short: weightsmith's k-quants take ~25 s on it (llama-quantize ~3 s)
 CASES = [(m, p) for m in ("tiny-tiedFalse", "tiny-tiedTrue") for p in PRESET_NAMES] + \
-    [("smollm2", "q4_k_m"), ("smollm2", "q4_k_s")]
+    [("smollm2", "q4_k_m"), ("smollm2", "q4_k_s"), ("smollm2", "iq4_xs")]  # iq4_xs: rows of 576 take IQ4_NL
 
 
 @pytest.mark.parametrize("model,preset", CASES)
