@@ -183,7 +183,7 @@ CORPUS = {
     "st-header-not-object": ("hf", ST, st_header(lambda h: (h.clear(), h.update({"x": 1}))), "malformed"),
     "st-header-nested-too-deep": ("hf", ST, lambda f: f.write_bytes(struct.pack("<Q", 200000) + b"[" * 100000
                                                                      + b"]" * 100000), "JSON"),
-    "st-unknown-dtype": ("hf", ST, st_header(lambda h: first_tensor(h).update(dtype="F8_E4M3")), "dtype"),
+    "st-unknown-dtype": ("hf", ST, st_header(lambda h: first_tensor(h).update(dtype="F8_E5M2")), "dtype"),
     "st-dtype-not-string": ("hf", ST, st_header(lambda h: first_tensor(h).update(dtype=["F32"])), "dtype"),
     "st-shape-disagrees-with-bytes": ("hf", ST, st_header(lambda h: first_tensor(h).update(shape=[3, 3])), "shape"),
     "st-offsets-beyond-end": ("hf", ST, st_header(lambda h: first_tensor(h).update(data_offsets=[10**9, 10**9 + 256])),
