@@ -113,3 +113,15 @@ def test_importance_of_wrong_length_is_refused():
     from weightsmith.errors import BadInput
     with pytest.raises(BadInput, match="importance matrix has 256 values, the rows 512"):
         types.quantize(torch.zeros(2, 512), "Q4_0", imatrix=np.ones(256, np.float32))
+
+
+def test_ggml_types_with_an_importance_matrix_are_refused_cleanly(built, ws, tmp_path):
+    """quantize/convert --calibrate with a ggml type: the importance-matrix collector is not in yet, so a clear
+    error (exit 2, nothing written), never a traceback or a silently uncalibrated file."""
+    from conftest import assert_clean_error
+    text = tmp_path / "text.txt"
+    text.write_text("some calibration text " * 50, encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = ws("convert", built.hf("llama1"), out / "q.gguf", "--type", "q4_k_m", "--calibrate", text, "-q")
+    assert_clean_error(r, out, must_mention="importance matrix")

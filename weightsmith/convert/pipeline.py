@@ -73,8 +73,8 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
             force: bool = False, check: bool = True, imatrix=None, calibrate=None, samples: int = 128,
             ctx: int = 512, overrides: presets.Overrides | None = None, method: str | None = None,
             group_size: int | None = None, damp: float = 0.01, actorder: str = "static", device=None) -> Checkpoint:
-    """imatrix: an importance-matrix file (GGUF or .dat) for the ggml types; calibrate: a text file to compute one
-    from in the same run (samples chunks of ctx tokens); overrides: llama-quantize's per-tensor options.
+    """overrides: llama-quantize's per-tensor options for the ggml types; imatrix, and calibrate with a ggml type
+    (an importance matrix from a file or from text) are refused as not implemented yet.
     int4/int8: calibrate runs GPTQ (method gptq, the default with it; rtn: round-to-nearest) with damp, actorder and
     the forward pass on device; group_size: columns per scale."""
     dst = Path(dst)
@@ -94,14 +94,13 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
     default = source_type(ck)
     type_, producer_args = _int_options(type_, calibrate, method, group_size)
     preset = presets.get(type_) if type_ else None
-    im = _importance(ck, type_, preset, imatrix, calibrate, samples, ctx, overrides, quiet)
-    mixture = presets.Mixture(preset[0], cfg, im is not None, overrides or presets.Overrides()) if preset else None
+    _check_ggml_options(type_, preset, imatrix, calibrate, overrides)
+    mixture = presets.Mixture(preset[0], cfg, overrides=overrides or presets.Overrides()) if preset else None
     jobs = [(r.canonical, r, target_type(type_, r, writer_cls, default, mixture)) for r in ck.tensors]
     if cfg.tied_embeddings and writer_cls.stores_tied_output:
         embd = next(j for j in jobs if j[0] == "token_embd.weight")
         jobs.append(("output.weight", embd[1], embd[2]))
     specs = [Spec(name, ref.shape, t) for name, ref, t in jobs]
-    weights = {name: _weights_for(im, name, ref, t) for name, ref, t in jobs} if im else {}
     producer = None
     with AtomicOutput(dst, writer_cls.is_dir, force) as tmp:
         if producer_args:  # GPTQ runs on its own thread, a block ahead of the writer
@@ -109,12 +108,10 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
             producer = Producer(ck, producer_args, default, Options(calibrate, samples, ctx, damp, actorder, device),
                                 quiet)
         w = writer_cls(tmp, ck, specs, tokenizer_files=tok_files, tokenizer_pre=tokenizer_pre, shard_size=shard_size,
-                       mp=mp, split_max_size=split_max_size, file_type=preset[1].file_type if preset else None,
-                       metadata=_imatrix_metadata(im, imatrix) if im else None)
+                       mp=mp, split_max_size=split_max_size, file_type=preset[1].file_type if preset else None)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
-            tensors = [_Tensor(name, ref, t, w.name(name), default, cfg, weights.get(name), im is not None)
-                       for name, ref, t in jobs]
+            tensors = [_Tensor(name, ref, t, w.name(name), default, cfg) for name, ref, t in jobs]
             for c in tensors:
                 c.producer = producer if producer and compressed.get(c.t) else None
             pieces = _staged([(c, rows) for c in tensors for rows in c.plan], any(c.uses_torch for c in tensors))
@@ -133,60 +130,16 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
     return ck
 
 
-def _importance(ck, type_, preset, imatrix, calibrate, samples, ctx, overrides, quiet):
-    """The importance matrix a ggml-type conversion uses: read from --imatrix, or computed from --calibrate text
-    (None without either, or when it has no entries: llama-quantize then quantizes as without one)."""
+def _check_ggml_options(type_, preset, imatrix, calibrate, overrides):
+    """Refuses the ggml-type options (importance matrix, per-tensor overrides) where they do not apply."""
     if preset is None:
         if imatrix or overrides not in (None, presets.Overrides()):
             raise BadInput("--imatrix and the per-tensor type options apply to the ggml types (--type q4_k_m, ...)")
         if calibrate and not (type_ and compressed.get(type_)):
             raise BadInput("--calibrate applies to the ggml types (an importance matrix) and to int4/int8 (GPTQ)")
-        return None
-    if imatrix and calibrate:
-        raise BadInput("give --imatrix FILE or --calibrate TEXT, not both")
-    im = None
-    if imatrix:
-        from ..quant.imatrix import read
-        im = read(imatrix)
-    elif calibrate:
-        from ..verify.imatrix import compute
-        im = compute(ck, calibrate, ctx=ctx, chunks=samples, quiet=quiet)
-    return im if im is not None and im.entries else None
-
-
-# what llama-quantize records of the importance matrix it used (tools/quantize: strings cut at 127 bytes)
-IMATRIX_KEYS = {"file": "quantize.imatrix.file", "dataset": "quantize.imatrix.dataset",
-                "entries": "quantize.imatrix.entries_count", "chunks": "quantize.imatrix.chunks_count"}
-
-
-def _imatrix_metadata(im, path) -> dict:
-    """quantize.imatrix.* as llama-quantize writes them; `file` only when the matrix came from one (--imatrix),
-    the chunk count only when known."""
-    def cut(text: str) -> str:
-        return text.encode()[:127].decode(errors="ignore")
-    meta = {}
-    if path is not None:
-        meta[IMATRIX_KEYS["file"]] = cut(str(path))
-    if im.datasets:
-        meta[IMATRIX_KEYS["dataset"]] = cut(im.datasets[0])
-    meta[IMATRIX_KEYS["entries"]] = len(im.entries)
-    if im.chunk_count > 0:
-        meta[IMATRIX_KEYS["chunks"]] = im.chunk_count
-    return meta
-
-
-def _weights_for(im, name: str, ref, t: str):
-    """The importance of each input column of one tensor, as llama-quantize hands it to ggml_quantize_chunk (None:
-    no entry, or a type that takes none). An entry whose length does not fit is an error, except for token_embd,
-    which llama-quantize quietly quantizes without it."""
-    if dtypes.is_float(t) or _passes_through(ref, t) or not quant.get(t).weighted:
-        return None
-    try:
-        return im.importance(name, ref.shape[-1])
-    except BadInput:
-        if name == "token_embd.weight":
-            return None
-        raise
+    elif imatrix or calibrate:  # quant.types takes importance weights; the imatrix file and collector are not in
+        raise Unsupported("an importance matrix for the ggml types (--imatrix, --calibrate with --type "
+                          f"{type_}) is not implemented yet")
 
 
 def _int_options(type_, calibrate, method, group_size):
@@ -219,11 +172,8 @@ PIECE_VALUES = 1 << 20
 class _Tensor:
     """One tensor to convert to type t, piece by piece, and what came out (bytes, error figure) for the log."""
 
-    def __init__(self, name, ref, t: str, out_name: str, float_dtype: str, cfg, importance=None,
-                 calibrated: bool = False):
+    def __init__(self, name, ref, t: str, out_name: str, float_dtype: str, cfg):
         self.name, self.ref, self.t, self.out_name, self.float_dtype = name, ref, t, out_name, float_dtype
-        self.importance = importance  # float32 [in] from an importance matrix, for the ggml types that take one
-        self.calibrated = calibrated  # an importance matrix is in use (the log says when it has no entry here)
         self.plan = self._plan(cfg)
         self.nbytes = 0
         self.err2 = self.norm2 = 0.0
@@ -278,7 +228,7 @@ class _Tensor:
         x = x.reshape(x.shape[0], -1)
         qt = quant.get(t)
         out = np.empty((x.shape[0], x.shape[1] // qt.block * qt.type_size), dtype=np.uint8)
-        e2, n2 = quant.quantize_into(x, t, out, self.out_name, self.importance)
+        e2, n2 = quant.quantize_into(x, t, out, self.out_name)
         self.err2, self.norm2 = self.err2 + e2, self.norm2 + n2
         return out
 
@@ -287,10 +237,6 @@ class _Tensor:
         if dtypes.is_float(self.t) or _passes_through(self.ref, self.t):
             return ""
         note = (self.gptq.note() if self.gptq else "") + f" | rel rms err {quant.relative(self.err2, self.norm2):.2%}"
-        if self.importance is not None:
-            note += " | imatrix"
-        elif self.calibrated and quant.get(self.t).weighted:
-            note += " | no imatrix entry"
         if not dtypes.is_float(self.ref.dtype):
             note += f" | requantized from {self.ref.dtype} through f32"
         return note
