@@ -59,11 +59,28 @@ def max_kld(ref: torch.Tensor, cand: torch.Tensor) -> float:
     return (lp.exp() * (lp - lq)).sum(-1).max().item()
 
 
-def quantize(src, dst, ftype: int, nthread: int = 2):
-    """llama-quantize itself (llama_model_quantize), no importance matrix."""
+def quantize(src, dst, ftype: int, nthread: int = 2, output_type: str | None = None, token_embd_type: str | None = None,
+             tensor_types=(), pure: bool = False, leave_output: bool = False):
+    """llama-quantize itself (llama_model_quantize), no importance matrix; its options as llama-quantize's command
+    line sets them: --output-tensor-type, --token-embedding-type, --tensor-type (pattern, type) pairs, --pure,
+    --leave-output-tensor."""
+    import ctypes
+
+    import gguf
     from llama_cpp import llama_cpp as lc
     params = lc.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = nthread
+    if output_type:
+        params.output_tensor_type = gguf.GGMLQuantizationType[output_type.upper()].value
+    if token_embd_type:
+        params.token_embedding_type = gguf.GGMLQuantizationType[token_embd_type.upper()].value
+    params.pure = pure
+    params.quantize_output_tensor = not leave_output
+    if tensor_types:  # terminated by a null pattern, as tools/quantize passes them
+        overrides = (lc.llama_model_tensor_override * (len(tensor_types) + 1))(
+            *[lc.llama_model_tensor_override(p.encode(), gguf.GGMLQuantizationType[t.upper()].value)
+              for p, t in tensor_types], lc.llama_model_tensor_override(None, 0))
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(lc.llama_model_tensor_override))
     rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     assert rc == 0, f"llama_model_quantize failed ({rc})"

@@ -55,11 +55,16 @@ CASES = [(m, p) for m in ("tiny-tiedFalse", "tiny-tiedTrue") for p in PRESET_NAM
 
 @pytest.mark.parametrize("model,preset", CASES)
 def test_preset_equals_llama_quantize(sources, tmp_path, run_cli, model, preset):
-    import gguf
     src = sources[model]
     ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
     run_cli("quantize", src, ours, preset, "-q", check=0)
     llamacpp.quantize(src, theirs, PRESETS[preset].file_type)
+    assert_same_tensors(theirs, ours)
+
+
+def assert_same_tensors(theirs, ours):
+    """The same tensors, each of the same type with the same bytes, and the same general.file_type."""
+    import gguf
     a = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
     b = {t.name: t for t in gguf.GGUFReader(ours).tensors}
     assert sorted(a) == sorted(b)
@@ -82,3 +87,33 @@ def test_preset_straight_from_hf_and_meta(built, tmp_path, run_cli, sources):
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k].data, b[k].data) for k in a)
     r = json.loads(run_cli("inspect", tmp_path / "direct.gguf", "--json", check=0).stdout)
     assert r["metadata"]["general.file_type"] == 15
+
+
+# llama-quantize's per-tensor options on the tiny models (8 layers): the attn_v / ffn_down rules count the tensors
+# the rules see, so overriding blk.0's shifts the more-bits layers of q4_k_m; a tied model's token_embd is also its
+# output (the output type applies to it unless the token-embedding type is given).
+OVERRIDES = [
+    ("tiny-tiedFalse", "q4_k_m", dict(tensor_types=[(r"blk\.0\.attn_v", "q8_0"), ("ffn_down", "q5_k")])),
+    ("tiny-tiedFalse", "q4_k_m", dict(output_type="q8_0", token_embd_type="q4_0")),
+    ("tiny-tiedTrue", "q4_k_m", dict(output_type="q5_k")),
+    ("tiny-tiedTrue", "q4_k_s", dict(output_type="q5_k", token_embd_type="q8_0")),
+    ("tiny-tiedFalse", "q5_k_m", dict(pure=True)),
+    ("tiny-tiedFalse", "iq4_xs", dict(leave_output=True, tensor_types=[("attn_(q|k)", "f16")])),
+]
+
+
+@pytest.mark.parametrize("model,preset,options", OVERRIDES)
+def test_overrides_equal_llama_quantize(sources, tmp_path, model, preset, options):
+    import gguf
+    from weightsmith.convert.pipeline import convert
+    from weightsmith.quant.presets import Overrides
+    src, ours, theirs = sources[model], tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    convert(src, ours, to="gguf", type_=preset, quiet=True, overrides=Overrides.parse(
+        options.get("output_type"), options.get("token_embd_type"),
+        [f"{p}={t}" for p, t in options.get("tensor_types", [])], options.get("pure", False),
+        options.get("leave_output", False)))
+    llamacpp.quantize(src, theirs, PRESETS[preset].file_type, **options)
+    assert_same_tensors(theirs, ours)
+    llamacpp.quantize(src, tmp_path / "plain.gguf", PRESETS[preset].file_type)
+    plain = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "plain.gguf").tensors}
+    assert {t.name: t.tensor_type for t in gguf.GGUFReader(ours).tensors} != plain  # the options changed something

@@ -145,7 +145,7 @@ class Mixture:
         if len(shape) < 2:
             return None
         role = mapping.canonical(canonical).row.canonical.replace("blk.{i}.", "").removesuffix(".weight")
-        cfg, ov, base = self.config, self.overrides, PRESETS[self.preset_name].base
+        ov, base = self.overrides, PRESETS[self.preset_name].base
         if role == "output" and ov.leave_output:
             return None
         if role == "token_embd" and ov.token_embd:
@@ -177,17 +177,6 @@ class Mixture:
         if role == "attn_v" and _is_70b(cfg) and t in ("Q3_K", "Q4_K"):
             t = "Q5_K"                            # 8 heads share attn_v: more bits for little size
         return t
-
-
-def choose(preset_name: str, canonical: str, shape: tuple[int, ...], config) -> str:
-    """One tensor's type under a preset, without an imatrix or overrides, the counters taken from its layer (what
-    they are when every tensor goes through the rules): for callers that ask about a single tensor."""
-    m = Mixture(preset_name, config)
-    name = mapping.canonical(canonical)
-    if name.layer is not None:
-        m.counts.update({r: name.layer for r in COUNTED})
-    t = m.choose(canonical, shape)
-    return "F32" if t is None else t
 
 
 def _is_70b(config) -> bool:
