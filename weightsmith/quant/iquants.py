@@ -151,7 +151,8 @@ def _unweighted(x, out):
 
 
 @njit(**JIT)
-def _weighted(x, qw, out, size, type_size):
+def _weighted(x, qw, out, size):
+    type_size = out.shape[1] // (x.shape[1] // size)  # a super-block's bytes, from the caller's out
     L = np.empty(size, np.int64)
     back = np.empty(size, np.float32)
     err2 = norm2 = 0.0
@@ -178,9 +179,9 @@ def iq4_xs(x, out):
 
 @njit(SIGNATURE_W, **JIT)
 def iq4_nl_w(x, qw, out):
-    return _weighted(x, qw, out, 32, 18)
+    return _weighted(x, qw, out, 32)
 
 
 @njit(SIGNATURE_W, **JIT)
 def iq4_xs_w(x, qw, out):
-    return _weighted(x, qw, out, 256, 136)
+    return _weighted(x, qw, out, 256)
