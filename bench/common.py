@@ -62,6 +62,21 @@ def _launch(result: str, cmd: list[str]):
         json.dump({"rc": os.waitstatus_to_exitcode(status), "wall": wall, "rss_kb": usage.ru_maxrss}, f)
 
 
+def peer_venv(venv: Path, module: str, packages: list[str], remove: tuple[str, ...] = ()) -> Path:
+    """The python of a peer tool's own virtual environment (its pins clash with ours), made and filled with
+    `packages` unless `module` already imports there; `remove`: packages it pulls that must go again."""
+    py = venv / "bin" / "python"
+    if py.exists() and subprocess.run([py, "-c", f"import {module}"], capture_output=True).returncode == 0:
+        return py
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    print(f"installing {' '.join(packages)} into {venv} (minutes) ...", flush=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", *packages], check=True)
+    if remove:
+        subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", *remove], check=True)
+    return py
+
+
 def size(p: Path) -> int:
     return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 

