@@ -150,8 +150,9 @@ def _int_options(type_, calibrate, method, group_size):
         raise BadInput("--group-size and --method apply to --type int4 / int8")
     if calibrate and scheme is not None and not is_int:
         raise BadInput(f"--calibrate applies to int4 / int8 (GPTQ) and the ggml types, not --type {type_}")
-    if method not in (None, "gptq", "rtn"):
-        raise BadInput(f"--method {method}: gptq or rtn")
+    from .gptq_stream import METHODS
+    if method is not None and method not in METHODS:
+        raise BadInput(f"--method {method}: {' or '.join(METHODS)}")
     if method == "gptq" and not calibrate:
         raise BadInput("--method gptq needs calibration text (--calibrate TEXT)")
     if group_size is not None:
