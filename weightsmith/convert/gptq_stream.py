@@ -108,12 +108,13 @@ class Producer:
                 if r.damp != self.opts.damp:
                     warn(f"{name}: its input Hessian could not be factored with --damp {self.opts.damp:g}; "
                          f"GPTQ used {r.damp:g}")
-                deq = r.dequantized(self.scheme).to(W.device, W.dtype)
+                p = r.packed(self.scheme)  # packed once: handed to the writer, and dequantized for the stream
+                deq = compressed.dequantize(p.packed, p.scale, self.scheme).to(W.device, W.dtype)
                 rtn = compressed.quantize(W.cpu(), self.scheme, self.float_dtype)
                 rtn_w = compressed.dequantize(rtn.packed, rtn.scale, self.scheme).to(W.device, W.dtype)
                 stats = Stats(gptq.output_loss(W - deq, H), gptq.output_loss(W - rtn_w, H),
                               gptq.output_loss(W, H))
-                packed[name] = (r.packed(self.scheme), stats)
+                packed[name] = (p, stats)
                 out[k] = deq
         self.hessians = {}
         self._put(packed)
