@@ -9,8 +9,11 @@
   array, and tests `max <= min` where qkx2 tests `max == min`: the same, since min <= x[0] <= max and min is
   only ever raised to 0 when it is above 0). Returns (scale, the_min), the_min = -min as the C's *the_min.
 
+- make_qp_quants(n, nmax, x, L, quant_weights): ggml's make_qp_quants, the unsigned search the weighted k-quants
+  run over a super-block's sub-block scales and mins (weights: each sub-block's sum of value weights).
+
 L and Laux may be any integer arrays (int64 is convenient); they hold what the C's int8_t / uint8_t arrays hold.
-Add further shared searches (make_qp_quants, make_q3_quants, ...) here, not a second copy in a kernel module.
+Add further shared searches (make_q3_quants, ...) here, not a second copy in a kernel module.
 """
 import numpy as np
 from numba import njit
@@ -121,3 +124,67 @@ def make_qkx_quants(x, w, L, Laux, nmax, rmin, rdelta, nstep, use_mad):
                 scale = this_scale
                 lo = this_min
     return scale, -lo
+
+
+@njit(**JIT)
+def make_qp_quants(n, nmax, x, L, quant_weights):
+    """ggml's make_qp_quants: unsigned quants in [0, nmax] of x[:n] (the k-quants' sub-block scales and mins) at
+    nmax / max and 8 nearby scales, the smallest weighted squared error choosing one, then up to 5 passes moving
+    single quants while sum(w x l)^2 / sum(w l^2) grows. Returns sumlx / suml2.
+
+    L holds what the C's uint8_t array holds (quants & 0xFF), and reads it back as the C does: a negative x (a
+    negative scale from make_qkx3_quants) wraps there, in the first error and in the refinement passes."""
+    mx = f32(0.0)
+    for i in range(n):
+        mx = mx if mx > x[i] else x[i]  # MAX(max, x[i]): a NaN is replaced by the next value
+    if mx < GROUP_MAX_EPS:
+        L[:n] = 0
+        return f32(0.0)
+    fmax = f32(nmax)
+    iscale = fmax / mx
+    for i in range(n):
+        L[i] = nearest_int(iscale * x[i]) & 0xFF
+    scale = f32(1.0) / iscale
+    best_mse = f32(0.0)
+    for i in range(n):
+        diff = x[i] - scale * f32(L[i])
+        best_mse += quant_weights[i] * diff * diff
+    for step in range(-4, 5):
+        if step == 0:
+            continue
+        iscale_is = (f32(0.1) * f32(step) + fmax) / mx
+        scale_is = f32(1.0) / iscale_is
+        mse = f32(0.0)
+        for i in range(n):
+            diff = x[i] - scale_is * f32(min(nmax, nearest_int(iscale_is * x[i])))
+            mse += quant_weights[i] * diff * diff
+        if mse < best_mse:
+            best_mse = mse
+            iscale = iscale_is
+    sumlx = suml2 = f32(0.0)
+    for i in range(n):
+        li = min(nmax, nearest_int(iscale * x[i]))
+        L[i] = li & 0xFF
+        w = quant_weights[i]
+        sumlx += w * x[i] * f32(li)
+        suml2 += w * f32(li) * f32(li)
+    for itry in range(5):
+        n_changed = 0
+        for i in range(n):
+            w = quant_weights[i]
+            fl = f32(L[i])
+            slx = sumlx - w * x[i] * fl
+            sl2 = suml2 - w * fl * fl
+            if slx > f32(0.0) and sl2 > f32(0.0):
+                new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
+                if new_l != L[i]:
+                    slx += w * x[i] * f32(new_l)
+                    sl2 += w * f32(new_l) * f32(new_l)
+                    if slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i] = new_l & 0xFF
+                        sumlx = slx
+                        suml2 = sl2
+                        n_changed += 1
+        if not n_changed:
+            break
+    return sumlx / suml2 if suml2 > f32(0.0) else f32(0.0)
