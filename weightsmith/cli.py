@@ -98,6 +98,27 @@ def quantize(src, dst, type_, force, quiet):
 
 
 @main.command()
+@click.argument("model", type=click.Path())
+@click.option("--text", "text_file", required=True, type=click.Path(), help="UTF-8 calibration text, tokenized by "
+              "MODEL's tokenizer.")
+@click.option("-o", "--output", "out", default="imatrix.gguf", show_default=True, type=click.Path(),
+              help="Importance matrix file to write.")
+@click.option("--ctx", default=512, show_default=True, type=int, help="Tokens per chunk (BOS first).")
+@click.option("--chunks", type=int, help="At most this many chunks (default: all the text holds).")
+@click.option("--process-output", is_flag=True, help="Collect output.weight too (from the output norm's result).")
+@click.option("--output-format", default="gguf", show_default=True, type=click.Choice(["gguf", "dat"]),
+              help="llama-imatrix's GGUF form, or its legacy .dat.")
+@click.option("--device", help="torch device for the forward pass (default cpu; e.g. cuda).")
+@click.option("--force", is_flag=True, help="Replace the output if it exists (only once the new one is complete).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no perplexity, no summary.")
+def imatrix(model, text_file, out, ctx, chunks, process_output, output_format, device, force, quiet):
+    """Importance matrix of MODEL on a text, as llama-imatrix computes it, for quantize --imatrix."""
+    from .verify.imatrix import run
+    run(model, text_file, out, ctx=ctx, chunks=chunks, process_output=process_output, output_format=output_format,
+        device=device, quiet=quiet, force=force)
+
+
+@main.command()
 @click.argument("reference", type=click.Path())
 @click.argument("candidate", type=click.Path())
 @click.option("--text", "text_file", type=click.Path(), help="UTF-8 text to score (default: a sequence sampled "

@@ -188,3 +188,50 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
         if not n_changed:
             break
     return sumlx / suml2 if suml2 > f32(0.0) else f32(0.0)
+
+
+@njit(**JIT)
+def make_q3_quants(x, L, nmax):
+    """ggml's make_q3_quants with do_rmse (the only way Q3_K calls it), weights x*x: quants nearest_int(-nmax / max
+    * x) in [-nmax, nmax - 1], then up to 5 passes moving single quants to the least-squares level while
+    sum(w x l)^2 / sum(w l^2) grows. L gets the quants offset by nmax; returns sumlx / suml2."""
+    n = x.shape[0]
+    mx = amax = f32(0.0)
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            mx = x[i]
+    if amax < GROUP_MAX_EPS:
+        L[:n] = 0
+        return f32(0.0)
+    iscale = f32(-nmax) / mx
+    sumlx = suml2 = f32(0.0)
+    for i in range(n):
+        li = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
+        L[i] = li
+        w = x[i] * x[i]
+        sumlx += w * x[i] * f32(li)
+        suml2 += w * f32(li) * f32(li)
+    for itry in range(5):
+        n_changed = 0
+        for i in range(n):
+            w = x[i] * x[i]
+            fl = f32(L[i])
+            slx = sumlx - w * x[i] * fl
+            if slx > f32(0.0):
+                sl2 = suml2 - w * fl * fl
+                new_l = max(-nmax, min(nmax - 1, nearest_int(x[i] * sl2 / slx)))
+                if new_l != L[i]:
+                    slx += w * x[i] * f32(new_l)
+                    sl2 += w * f32(new_l) * f32(new_l)
+                    if sl2 > f32(0.0) and slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i] = new_l
+                        sumlx = slx
+                        suml2 = sl2
+                        n_changed += 1
+        if not n_changed:
+            break
+    for i in range(n):
+        L[i] += nmax
+    return sumlx / suml2 if suml2 > f32(0.0) else f32(0.0)

@@ -55,6 +55,8 @@ REGISTRY = {t.name: t for t in [
     QuantType("Q4_1", "legacy"),
     QuantType("Q5_0", "legacy"),
     QuantType("Q5_1", "legacy"),
+    QuantType("Q2_K", "kquants_low"),
+    QuantType("Q3_K", "kquants_low"),
     QuantType("Q4_K", "kquants"),
     QuantType("Q5_K", "kquants"),
     QuantType("Q6_K", "kquants"),
