@@ -60,10 +60,15 @@ def max_kld(ref: torch.Tensor, cand: torch.Tensor) -> float:
 
 
 def quantize(src, dst, ftype: int, nthread: int = 2, output_type: str | None = None, token_embd_type: str | None = None,
-             tensor_types=(), pure: bool = False, leave_output: bool = False):
-    """llama-quantize itself (llama_model_quantize), no importance matrix; its options as llama-quantize's command
-    line sets them: --output-tensor-type, --token-embedding-type, --tensor-type (pattern, type) pairs, --pure,
-    --leave-output-tensor."""
+             tensor_types=(), pure: bool = False, leave_output: bool = False, imatrix: dict | None = None,
+             imatrix_file: str = "", datasets=(), chunk_count: int = -1):
+    """llama-quantize itself (llama_model_quantize); its options as llama-quantize's command line sets them:
+    --output-tensor-type, --token-embedding-type, --tensor-type (pattern, type) pairs, --pure, --leave-output-tensor.
+
+    imatrix: name -> float32 importance (what tools/quantize's load_imatrix makes of a file: sums / count), handed
+    over as its array of llama_model_imatrix_data ending in a null name; with it, the quantize.imatrix.* kv
+    overrides tools/quantize adds from the file's name, its datasets and its chunk count (above 0 only). An empty
+    dict: no imatrix at all, as tools/quantize passes none."""
     import ctypes
 
     import gguf
@@ -77,10 +82,48 @@ def quantize(src, dst, ftype: int, nthread: int = 2, output_type: str | None = N
         params.token_embedding_type = gguf.GGMLQuantizationType[token_embd_type.upper()].value
     params.pure = pure
     params.quantize_output_tensor = not leave_output
+    keep = []  # every ctypes buffer a pointer in params points into, alive until llama_model_quantize returns
     if tensor_types:  # terminated by a null pattern, as tools/quantize passes them
         overrides = (lc.llama_model_tensor_override * (len(tensor_types) + 1))(
             *[lc.llama_model_tensor_override(p.encode(), gguf.GGMLQuantizationType[t.upper()].value)
               for p, t in tensor_types], lc.llama_model_tensor_override(None, 0))
+        keep.append(overrides)
         params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(lc.llama_model_tensor_override))
+    if imatrix:
+        arrays = {name: np.ascontiguousarray(v, dtype=np.float32) for name, v in imatrix.items()}
+        names = {name: name.encode() for name in arrays}
+        data = (lc.llama_model_imatrix_data * (len(arrays) + 1))(
+            *[lc.llama_model_imatrix_data(names[k], a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), a.size)
+              for k, a in arrays.items()], lc.llama_model_imatrix_data(None, None, 0))
+        keep += [arrays, names, data]
+        params.imatrix = ctypes.cast(data, ctypes.POINTER(lc.llama_model_imatrix_data))
+        kv = [_kv_str("quantize.imatrix.file", imatrix_file)]
+        if datasets:
+            kv.append(_kv_str("quantize.imatrix.dataset", datasets[0]))
+        kv.append(_kv_int("quantize.imatrix.entries_count", len(arrays)))
+        if chunk_count > 0:
+            kv.append(_kv_int("quantize.imatrix.chunks_count", chunk_count))
+        kvs = (lc.llama_model_kv_override * (len(kv) + 1))(*kv)  # the last one zeroed: an empty key ends the list
+        keep.append(kvs)
+        params.kv_overrides = ctypes.cast(kvs, ctypes.POINTER(lc.llama_model_kv_override))
     rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     assert rc == 0, f"llama_model_quantize failed ({rc})"
+
+
+def _kv_str(key: str, value: str):
+    """A string kv override as tools/quantize fills one: strncpy of 127 bytes, the 128th a NUL."""
+    from llama_cpp import llama_cpp as lc
+    o = lc.llama_model_kv_override()
+    o.key = key.encode()
+    o.tag = lc.LLAMA_KV_OVERRIDE_TYPE_STR
+    o.value.val_str = value.encode()[:127]
+    return o
+
+
+def _kv_int(key: str, value: int):
+    from llama_cpp import llama_cpp as lc
+    o = lc.llama_model_kv_override()
+    o.key = key.encode()
+    o.tag = lc.LLAMA_KV_OVERRIDE_TYPE_INT
+    o.value.val_i64 = value
+    return o

@@ -45,6 +45,30 @@ def inspect(path, as_json):
     click.echo(json.dumps(d, indent=2) if as_json else render(d))
 
 
+def ggml_options(f):
+    """llama-quantize's options, on convert and quantize: an importance matrix and the per-tensor types."""
+    for opt in reversed([
+        click.option("--imatrix", type=click.Path(), help="ggml types: an importance matrix (llama-imatrix's or "
+                     "weightsmith imatrix's GGUF, or a legacy .dat) to quantize with, as llama-quantize --imatrix."),
+        click.option("--output-tensor-type", metavar="TYPE", help="ggml types: output.weight's type (a tied model's "
+                     "token_embd too, unless --token-embedding-type)."),
+        click.option("--token-embedding-type", metavar="TYPE", help="ggml types: token_embd.weight's type."),
+        click.option("--tensor-type", "tensor_types", metavar="PATTERN=TYPE", multiple=True, help="ggml types: the "
+                     "type of the tensors whose name matches the regex PATTERN (repeatable, the first match wins), "
+                     "e.g. attn_v=q8_0."),
+        click.option("--pure", is_flag=True, help="ggml types: the preset's base type for every matrix (no mixture "
+                     "rules)."),
+        click.option("--leave-output-tensor", is_flag=True, help="ggml types: output.weight not quantized."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def overrides(output_tensor_type, token_embedding_type, tensor_types, pure, leave_output_tensor):
+    from .quant.presets import Overrides
+    return Overrides.parse(output_tensor_type, token_embedding_type, tensor_types, pure, leave_output_tensor)
+
+
 @main.command()
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path())
@@ -62,7 +86,7 @@ def inspect(path, as_json):
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
 @click.option("-q", "--quiet", is_flag=True, help="No per-tensor log and no progress bar.")
 @click.option("--calibrate", type=click.Path(), help="UTF-8 calibration text, tokenized by SRC's tokenizer: int4/int8 "
-              "are quantized by GPTQ on it.")
+              "are quantized by GPTQ on it; ggml types with an importance matrix collected from it in the same run.")
 @click.option("--samples", default=128, show_default=True, type=int, help="Calibration chunks (--calibrate).")
 @click.option("--ctx", default=512, show_default=True, type=int, help="Tokens per calibration chunk.")
 @click.option("--group-size", type=int, help="int4/int8: input columns per scale (int4 default 128; int8 default "
@@ -74,14 +98,17 @@ def inspect(path, as_json):
 @click.option("--actorder", default="static", show_default=True, type=click.Choice(["static", "none"]),
               help="GPTQ column order: by decreasing activation (scales from the original weights) or as stored.")
 @click.option("--device", help="torch device for the calibration forward pass and GPTQ (default cpu; e.g. cuda).")
+@ggml_options
 def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, tokenizer_pre, no_check, force, quiet,
-            calibrate, samples, ctx, group_size, method, damp, actorder, device):
+            calibrate, samples, ctx, group_size, method, damp, actorder, device, imatrix, output_tensor_type,
+            token_embedding_type, tensor_types, pure, leave_output_tensor):
     """Convert SRC to DST (Meta, HF, GGUF in any direction), streaming each tensor in pieces."""
     from .convert.pipeline import convert as run
     run(src, dst, to=to, type_=type_, shard_size=parse_size(shard_size), mp=mp, tokenizer=tokenizer,
         tokenizer_pre=tokenizer_pre, split_max_size=parse_size(split_max_size) if split_max_size else 0, quiet=quiet,
-        force=force, check=not no_check, calibrate=calibrate, samples=samples, ctx=ctx, group_size=group_size,
-        method=method, damp=damp, actorder=actorder, device=device)
+        force=force, check=not no_check, imatrix=imatrix, calibrate=calibrate, samples=samples, ctx=ctx,
+        overrides=overrides(output_tensor_type, token_embedding_type, tensor_types, pure, leave_output_tensor),
+        group_size=group_size, method=method, damp=damp, actorder=actorder, device=device)
 
 
 @main.command()
@@ -90,11 +117,20 @@ def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, toke
 @click.argument("type_", metavar="TYPE")
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new output is complete).")
 @click.option("-q", "--quiet", is_flag=True, help="No per-tensor log and no progress bar.")
-def quantize(src, dst, type_, force, quiet):
+@ggml_options
+@click.option("--calibrate", type=click.Path(), help="UTF-8 calibration text, tokenized by SRC's tokenizer: an "
+              "importance matrix is collected from it in the same run and quantized with (int4/int8: GPTQ on it).")
+@click.option("--samples", default=128, show_default=True, type=int, help="Calibration chunks (--calibrate).")
+@click.option("--ctx", default=512, show_default=True, type=int, help="Tokens per calibration chunk.")
+@click.option("--device", help="torch device for the calibration forward pass (default cpu; e.g. cuda).")
+def quantize(src, dst, type_, force, quiet, imatrix, output_tensor_type, token_embedding_type, tensor_types, pure,
+             leave_output_tensor, calibrate, samples, ctx, device):
     """Quantize SRC into DST of the same format (llama-quantize style): weightsmith quantize in.gguf out.gguf q8_0"""
     from .convert.pipeline import convert as run
     from .formats import detect
-    run(src, dst, to=detect(src), type_=type_, quiet=quiet, force=force)
+    run(src, dst, to=detect(src), type_=type_, quiet=quiet, force=force, imatrix=imatrix, calibrate=calibrate,
+        samples=samples, ctx=ctx, device=device,
+        overrides=overrides(output_tensor_type, token_embedding_type, tensor_types, pure, leave_output_tensor))
 
 
 @main.command()

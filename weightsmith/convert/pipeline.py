@@ -73,8 +73,9 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
             force: bool = False, check: bool = True, imatrix=None, calibrate=None, samples: int = 128,
             ctx: int = 512, overrides: presets.Overrides | None = None, method: str | None = None,
             group_size: int | None = None, damp: float = 0.01, actorder: str = "static", device=None) -> Checkpoint:
-    """overrides: llama-quantize's per-tensor options for the ggml types; imatrix, and calibrate with a ggml type
-    (an importance matrix from a file or from text) are refused as not implemented yet.
+    """imatrix: an importance-matrix file (GGUF or legacy .dat) for the ggml types; calibrate with a ggml type: a
+    text file to collect one from in the same run (samples chunks of ctx tokens, the forward pass on device);
+    overrides: llama-quantize's per-tensor options for the ggml types.
     int4/int8: calibrate runs GPTQ (method gptq, the default with it; rtn: round-to-nearest) with damp, actorder and
     the forward pass on device; group_size: columns per scale."""
     dst = Path(dst)
@@ -94,13 +95,15 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
     default = source_type(ck)
     type_, producer_args = _int_options(type_, calibrate, method, group_size)
     preset = presets.get(type_) if type_ else None
-    _check_ggml_options(type_, preset, imatrix, calibrate, overrides)
-    mixture = presets.Mixture(preset[0], cfg, overrides=overrides or presets.Overrides()) if preset else None
+    _check_ggml_options(type_, preset, imatrix, calibrate, overrides, writer_cls)
+    im = _importance(ck, preset, imatrix, calibrate, samples, ctx, device, quiet)
+    mixture = presets.Mixture(preset[0], cfg, im is not None, overrides or presets.Overrides()) if preset else None
     jobs = [(r.canonical, r, target_type(type_, r, writer_cls, default, mixture)) for r in ck.tensors]
     if cfg.tied_embeddings and writer_cls.stores_tied_output:
         embd = next(j for j in jobs if j[0] == "token_embd.weight")
         jobs.append(("output.weight", embd[1], embd[2]))
     specs = [Spec(name, ref.shape, t) for name, ref, t in jobs]
+    weights = {name: _weights_for(im, name, ref, t) for name, ref, t in jobs} if im else {}
     producer = None
     with AtomicOutput(dst, writer_cls.is_dir, force) as tmp:
         if producer_args:  # GPTQ runs on its own thread, a block ahead of the writer
@@ -108,10 +111,12 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
             producer = Producer(ck, producer_args, default, Options(calibrate, samples, ctx, damp, actorder, device),
                                 quiet)
         w = writer_cls(tmp, ck, specs, tokenizer_files=tok_files, tokenizer_pre=tokenizer_pre, shard_size=shard_size,
-                       mp=mp, split_max_size=split_max_size, file_type=preset[1].file_type if preset else None)
+                       mp=mp, split_max_size=split_max_size, file_type=preset[1].file_type if preset else None,
+                       metadata=_imatrix_metadata(im, imatrix or calibrate) if im else None)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
-            tensors = [_Tensor(name, ref, t, w.name(name), default, cfg) for name, ref, t in jobs]
+            tensors = [_Tensor(name, ref, t, w.name(name), default, cfg, *weights.get(name, (None, "")))
+                       for name, ref, t in jobs]
             for c in tensors:
                 c.producer = producer if producer and compressed.get(c.t) else None
             pieces = _staged([(c, rows) for c in tensors for rows in c.plan], any(c.uses_torch for c in tensors))
@@ -130,16 +135,112 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
     return ck
 
 
-def _check_ggml_options(type_, preset, imatrix, calibrate, overrides):
+def _check_ggml_options(type_, preset, imatrix, calibrate, overrides, writer_cls):
     """Refuses the ggml-type options (importance matrix, per-tensor overrides) where they do not apply."""
+    if imatrix and calibrate:
+        raise BadInput("give --imatrix FILE or --calibrate TEXT, not both")
     if preset is None:
-        if imatrix or overrides not in (None, presets.Overrides()):
-            raise BadInput("--imatrix and the per-tensor type options apply to the ggml types (--type q4_k_m, ...)")
+        if imatrix:
+            raise BadInput(f"--imatrix applies to the ggml types (--type q4_k_m, ...), not "
+                           f"{'--type ' + type_ if type_ else 'a conversion without --type'}")
+        if overrides not in (None, presets.Overrides()):
+            raise BadInput("the per-tensor type options (--tensor-type, --output-tensor-type, --token-embedding-type, "
+                           "--pure, --leave-output-tensor) apply to the ggml types (--type q4_k_m, ...)")
         if calibrate and not (type_ and compressed.get(type_)):
             raise BadInput("--calibrate applies to the ggml types (an importance matrix) and to int4/int8 (GPTQ)")
-    elif imatrix or calibrate:  # quant.types takes importance weights; the imatrix file and collector are not in
-        raise Unsupported("an importance matrix for the ggml types (--imatrix, --calibrate with --type "
-                          f"{type_}) is not implemented yet")
+    elif not writer_cls.keeps_quantized:
+        what = "--imatrix" if imatrix else "--calibrate" if calibrate else f"--type {type_}"
+        raise Unsupported(f"{what}: ggml block types (and their importance matrix) are written to GGUF output only")
+
+
+def _importance(ck, preset, imatrix, calibrate, samples, ctx, device, quiet):
+    """The importance matrix a ggml-type conversion quantizes with: read from --imatrix, or collected from
+    --calibrate text over the source itself. None without either, and for one without entries: llama-quantize
+    then quantizes (and chooses types) as without one."""
+    if preset is None or not (imatrix or calibrate):
+        return None
+    if imatrix:
+        from ..quant.imatrix import read
+        im = read(imatrix)
+    else:
+        from ..verify.imatrix import collect, tokens_for
+        from ..verify.model import device_for
+        device_for(device)  # a bad --device fails here, before anything runs
+        tokens = tokens_for(ck, calibrate, ctx, samples)  # cut as `weightsmith imatrix --ctx --chunks` cuts it
+        im = collect(ck, tokens, progress=_progress("imatrix blocks", ck.config.n_layers, quiet), device=device,
+                     datasets=[str(calibrate)])
+    if not im.entries:
+        from .log import warn
+        warn(f"{imatrix or calibrate}: the importance matrix has no entries; quantizing without one "
+             f"(as llama-quantize does)")
+        return None
+    for name in im.entries:  # llama-quantize refuses the whole matrix for one non-finite value
+        w = im.importance(name)
+        if not np.isfinite(w).all():
+            raise BadInput(f"{imatrix or calibrate}: the importance matrix of {name} holds NaN or Inf")
+    return im
+
+
+def _progress(desc: str, total: int, quiet: bool):
+    """A tqdm bar on stderr (a terminal only) as a progress(i, n) callback; it closes itself at the end."""
+    import sys
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, unit="blk", file=sys.stderr, disable=quiet or not sys.stderr.isatty(),
+               leave=False)
+
+    def progress(i, n):
+        bar.update(1)
+        if i + 1 >= n:
+            bar.close()
+    return progress
+
+
+# what llama-quantize records of the importance matrix it used, in its order (tools/quantize/quantize.cpp: kv
+# overrides, strings cut at 127 bytes, counts as uint32); the chunk count only when it is known (above 0)
+IMATRIX_KEYS = {"file": "quantize.imatrix.file", "dataset": "quantize.imatrix.dataset",
+                "entries": "quantize.imatrix.entries_count", "chunks": "quantize.imatrix.chunks_count"}
+
+
+def _imatrix_metadata(im, source) -> dict:
+    """quantize.imatrix.* as llama-quantize writes them for an imatrix read from file `source` (--calibrate: as if
+    the text were that file; the collected matrix names the text as its dataset, as `weightsmith imatrix` does)."""
+    meta = {IMATRIX_KEYS["file"]: _cut(str(source))}
+    if im.datasets:
+        meta[IMATRIX_KEYS["dataset"]] = _cut(im.datasets[0])
+    meta[IMATRIX_KEYS["entries"]] = len(im.entries)
+    if im.chunk_count > 0:
+        meta[IMATRIX_KEYS["chunks"]] = int(im.chunk_count)
+    return meta
+
+
+def _cut(text: str) -> str:
+    """At most 127 bytes, as strncpy into llama_model_kv_override's val_str[128] leaves it (and up to a NUL); a
+    character the cut would split is dropped whole, so that the value stays UTF-8 (llama-quantize would write its
+    first bytes)."""
+    return text.encode("utf-8", "surrogateescape").split(b"\0")[0][:127].decode("utf-8", "ignore")
+
+
+def _weights_for(im, name: str, ref, t: str) -> tuple[np.ndarray | None, str]:
+    """(the importance of each input column of one tensor, as llama-quantize hands it to ggml_quantize_chunk, or
+    None; the log's note). llama-quantize looks an entry up for every tensor whose type changes: none -> quantized
+    without one; one whose length is not the row length -> an error, except for token_embd (a lookup, never in an
+    imatrix by rights), which is then quantized without it."""
+    if t == ref.dtype or _passes_through(ref, t):
+        return None, ""
+    w = im.importance(name)
+    weighted = not dtypes.is_float(t) and quant.get(t).weighted
+    if w is None:
+        return None, " | no imatrix entry" if weighted else ""
+    n = ref.shape[-1] if ref.shape else 1
+    if w.shape[0] != n:
+        if name == "token_embd.weight":
+            return None, f" | imatrix entry of {w.shape[0]} values ignored (rows of {n})"
+        raise BadInput(f"{name}: the importance matrix has {w.shape[0]} values for it, its rows {n} "
+                       f"(an imatrix of another model?)")
+    if not weighted:
+        return None, ""
+    quant.get(t).weighted_kernel  # a missing weighted kernel is Unsupported here, before anything is written
+    return w, " | imatrix"
 
 
 def _int_options(type_, calibrate, method, group_size):
@@ -173,8 +274,11 @@ PIECE_VALUES = 1 << 20
 class _Tensor:
     """One tensor to convert to type t, piece by piece, and what came out (bytes, error figure) for the log."""
 
-    def __init__(self, name, ref, t: str, out_name: str, float_dtype: str, cfg):
+    def __init__(self, name, ref, t: str, out_name: str, float_dtype: str, cfg, importance=None,
+                 imatrix_note: str = ""):
         self.name, self.ref, self.t, self.out_name, self.float_dtype = name, ref, t, out_name, float_dtype
+        self.importance = importance  # float32 [in] from an importance matrix, for the ggml types that take one
+        self.imatrix_note = imatrix_note  # what the log says of it (" | imatrix", " | no imatrix entry", ...)
         self.plan = self._plan(cfg)
         self.nbytes = 0
         self.err2 = self.norm2 = 0.0
@@ -229,7 +333,7 @@ class _Tensor:
         x = x.reshape(x.shape[0], -1)
         qt = quant.get(t)
         out = np.empty((x.shape[0], x.shape[1] // qt.block * qt.type_size), dtype=np.uint8)
-        e2, n2 = quant.quantize_into(x, t, out, self.out_name)
+        e2, n2 = quant.quantize_into(x, t, out, self.out_name, self.importance)
         self.err2, self.norm2 = self.err2 + e2, self.norm2 + n2
         return out
 
@@ -238,6 +342,7 @@ class _Tensor:
         if dtypes.is_float(self.t) or _passes_through(self.ref, self.t):
             return ""
         note = (self.gptq.note() if self.gptq else "") + f" | rel rms err {quant.relative(self.err2, self.norm2):.2%}"
+        note += self.imatrix_note
         if not dtypes.is_float(self.ref.dtype):
             note += f" | requantized from {self.ref.dtype} through f32"
         return note

@@ -374,7 +374,10 @@ class Writer:
     packs_int = False           # int8/int4 (compressed-tensors) is an HF format
 
     def __init__(self, out: Path, ck: Checkpoint, specs, tokenizer_files: dict | None = None,
-                 tokenizer_pre: str | None = None, split_max_size: int = 0, file_type: int | None = None, **_):
+                 tokenizer_pre: str | None = None, split_max_size: int = 0, file_type: int | None = None,
+                 metadata: dict | None = None, **_):
+        """metadata: further keys, in order, after general.quantization_version (llama-quantize's quantize.imatrix.*,
+        which it sets as kv overrides): str values as strings (empty ones too), int values as uint32."""
         import gguf
         cfg = ck.config
         vocab = tokenizer.vocab_for(ck, tokenizer_files, tokenizer_pre)
@@ -416,6 +419,11 @@ class Writer:
             file_type = FLOAT_FILE_TYPES.get(main, ck.info.get("metadata", {}).get("general.file_type", 0))
         w.add_file_type(file_type)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for key, value in (metadata or {}).items():
+            if isinstance(value, str):
+                w.add_key_value(key, value, gguf.GGUFValueType.STRING)  # add_string would drop an empty one
+            else:
+                w.add_uint32(key, value)
         tokenizer.to_gguf(w, vocab.padded(cfg.vocab_size))
         if rope_freqs is not None:
             w.add_tensor_info("rope_freqs.weight", list(rope_freqs.shape), np.dtype(np.float32), rope_freqs.nbytes)
