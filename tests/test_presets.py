@@ -10,14 +10,17 @@ import llamacpp
 from test_gguf_read import SMOL
 from weightsmith.quant.presets import PRESETS
 
-PRESET_NAMES = ["q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q5_1", "iq4_nl", "iq4_xs"]
+PRESET_NAMES = ["q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q5_1", "iq4_nl", "iq4_xs",
+                "q2_k", "q3_k_s", "q3_k_m", "q3_k_l"]
+LOW_BIT = ["q2_k", "q2_k_s", "q3_k_s", "q3_k_m", "q3_k_l"]
 
 
-def hf_model(path, tied: bool):
-    """8 layers (so llama-quantize's first/last-eighth rules split them), rows of 256 and 768: k-quant friendly."""
+def hf_model(path, tied: bool, dim=256, ffn=768, heads=4):
+    """8 layers (so llama-quantize's first/last-eighth rules split them), rows of 256 and 768: k-quant friendly
+    (dim 384, ffn 1152: no row splits into 256s, every k-quant takes its substitute)."""
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(1)
-    cfg = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=8, num_attention_heads=4,
+    cfg = LlamaConfig(hidden_size=dim, intermediate_size=ffn, num_hidden_layers=8, num_attention_heads=heads,
                       num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=tied, dtype=torch.float32)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
@@ -36,6 +39,9 @@ def sources(tmp_path_factory, tok_dir):
         src = hf_model(root / f"hf-{tied}", tied)
         out[f"tiny-tied{tied}"] = root / f"tiny-{tied}.gguf"
         cli("convert", src, out[f"tiny-tied{tied}"], "--type", "f16", "--tokenizer", tok_dir, "-q", check=0)
+    out["tiny-384"] = root / "tiny-384.gguf"
+    cli("convert", hf_model(root / "hf-384", False, dim=384, ffn=1152, heads=6), out["tiny-384"], "--type", "f16",
+        "--tokenizer", tok_dir, "-q", check=0)
     out["smollm2"] = root / "smollm2-f16.gguf"
     cli("convert", SMOL, out["smollm2"], "--type", "f16", "-q", check=0)
     return out
@@ -50,7 +56,10 @@ def tok_dir(tmp_path_factory):
 # every preset on the tiny models; on the real model (30 layers, rows of 576 that take the fallbacks) the two
 # mixtures with the most rules, to keep CI short: weightsmith's k-quants take ~25 s on it (llama-quantize ~3 s)
 CASES = [(m, p) for m in ("tiny-tiedFalse", "tiny-tiedTrue") for p in PRESET_NAMES] + \
-    [("smollm2", "q4_k_m"), ("smollm2", "q4_k_s"), ("smollm2", "iq4_xs")]  # iq4_xs: rows of 576 take IQ4_NL
+    [("smollm2", "q4_k_m"), ("smollm2", "q4_k_s"), ("smollm2", "iq4_xs")] + \
+    [("tiny-384", p) for p in LOW_BIT] + [("smollm2", "q2_k"), ("smollm2", "q3_k_m")]
+# iq4_xs: SmolLM2's rows of 576 take IQ4_NL; q2_k/q3_k: its rows of 576 take Q4_0 and its ffn_down (1536) stays
+# Q3_K/Q4_K/Q5_K; q2_k_s only where no matrix is Q2_K (tiny-384): llama-quantize refuses it elsewhere without an imatrix
 
 
 @pytest.mark.parametrize("model,preset", CASES)
@@ -117,3 +126,16 @@ def test_overrides_equal_llama_quantize(sources, tmp_path, model, preset, option
     llamacpp.quantize(src, tmp_path / "plain.gguf", PRESETS[preset].file_type)
     plain = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "plain.gguf").tensors}
     assert {t.name: t.tensor_type for t in gguf.GGUFReader(ours).tensors} != plain  # the options changed something
+
+
+@pytest.mark.parametrize("model", ["tiny-tiedFalse", "smollm2"])
+def test_q2_k_s_without_an_importance_matrix_is_refused(sources, tmp_path, ws, model):
+    """q2_k_s where some matrix (not token_embd / output) would be Q2_K: llama-quantize refuses the file without an
+    importance matrix, and so does weightsmith: exit 2, one error line, nothing written."""
+    from conftest import assert_clean_error
+    with pytest.raises(AssertionError, match="llama_model_quantize failed"):
+        llamacpp.quantize(sources[model], tmp_path / "theirs.gguf", PRESETS["q2_k_s"].file_type)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_clean_error(ws("quantize", sources[model], out / "q.gguf", "q2_k_s", "-q"), out,
+                       must_mention="importance matrix")

@@ -159,7 +159,12 @@ class Mixture:
             t = base
         else:
             t = self._rules(role, shape, base)
-        return types.for_row_length(t, shape[-1])
+        t = types.for_row_length(t, shape[-1])
+        if t == "Q2_K" and self.preset_name == "q2_k_s" and not self.imatrix and role not in ("token_embd", "output"):
+            # llama-quantize's tensor_requires_imatrix: it refuses the whole file before writing anything
+            raise BadInput(f"--type q2_k_s: {canonical} would be Q2_K, which llama-quantize writes only with an "
+                           f"importance matrix (--imatrix FILE or --calibrate TEXT)")
+        return t
 
     def _rules(self, role: str, shape, base: str) -> str:
         cfg = self.config
