@@ -115,13 +115,29 @@ def test_importance_of_wrong_length_is_refused():
         types.quantize(torch.zeros(2, 512), "Q4_0", imatrix=np.ones(256, np.float32))
 
 
-def test_ggml_types_with_an_importance_matrix_are_refused_cleanly(built, ws, tmp_path):
-    """quantize/convert --calibrate with a ggml type: the importance-matrix collector is not in yet, so a clear
-    error (exit 2, nothing written), never a traceback or a silently uncalibrated file."""
-    from conftest import assert_clean_error
+from test_gguf_write import tok_dir  # noqa: E402,F401  (fixture: a small byte-level BPE tokenizer.json)
+
+
+def test_ggml_types_calibrate_in_the_same_run(built, ws, tmp_path, tok_dir):  # noqa: F811
+    """convert --type T --calibrate TEXT with a ggml type: an importance matrix collected over the source in the same
+    run, every block matrix quantized with its entry (the log says so), the weighted bytes differ from the plain
+    ones, and the file records where the importance came from as llama-quantize does (quantize.imatrix.*)."""
+    import gguf
     text = tmp_path / "text.txt"
-    text.write_text("some calibration text " * 50, encoding="utf-8")
-    out = tmp_path / "out"
-    out.mkdir()
-    r = ws("convert", built.hf("llama1"), out / "q.gguf", "--type", "q4_k_m", "--calibrate", text, "-q")
-    assert_clean_error(r, out, must_mention="importance matrix")
+    text.write_text(" ".join(f"some calibration text {i}" for i in range(300)), encoding="utf-8")
+    from test_gptq import with_tokenizer
+    src = with_tokenizer(built.hf("llama1"), tok_dir, tmp_path / "src")
+    weighted, plain = tmp_path / "w.gguf", tmp_path / "p.gguf"
+    r = ws("convert", src, weighted, "--type", "q4_0", "--calibrate", text, "--ctx", 32, "--samples", 3)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if " Writing tensor blk." in line and "_norm" not in line]
+    assert len(lines) == 2 * 7 and all(line.endswith(" | imatrix") for line in lines), lines
+    assert ws("convert", src, plain, "--type", "q4_0", "-q").returncode == 0
+    a = {t.name: t for t in gguf.GGUFReader(weighted).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(plain).tensors}
+    assert not np.array_equal(a["blk.0.attn_q.weight"].data, b["blk.0.attn_q.weight"].data)
+    assert np.array_equal(a["token_embd.weight"].data, b["token_embd.weight"].data)  # a lookup: no entry
+    fields = gguf.GGUFReader(weighted).fields
+    kv = {k: f.contents() for k, f in fields.items() if k.startswith("quantize.imatrix.")}
+    assert kv == {"quantize.imatrix.file": str(text), "quantize.imatrix.dataset": str(text),
+                  "quantize.imatrix.entries_count": 2 * 7, "quantize.imatrix.chunks_count": 3}
