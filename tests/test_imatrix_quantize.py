@@ -102,15 +102,15 @@ def matmul_inputs(gguf_path) -> dict[str, int]:
             if t.name.startswith("blk.") and len(t.shape) == 2}
 
 
-def entries_for(gguf_path, seed=0, token_embd=False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def entries_for(gguf_path, seed=0, token_embd=False, every=False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (in_sum2 float32 [n], counts float32 [1]): lognormal mean squares with some columns never active,
     times the tokens seen; some tensors have no entry, one entry has a zero count (llama-quantize: importance 1),
     one names a tensor the model lacks; token_embd: one for token_embd of the wrong size (llama-quantize ignores
-    it there)."""
+    it there); every: an entry for every matrix."""
     g = np.random.default_rng(seed)
     out = {}
     for k, (name, n) in enumerate(sorted(matmul_inputs(gguf_path).items())):
-        if k % 7 == 3:  # missing: quantized without an importance
+        if k % 7 == 3 and not every:  # missing: quantized without an importance
             continue
         mean = g.lognormal(0, 1.5, n).astype(np.float32)
         mean[g.random(n) < 0.05] = 0
@@ -270,6 +270,35 @@ def test_token_embd_entry_of_wrong_size_is_ignored(sources, tmp_path, ws, token_
     assert imatrix_kv(ours) == imatrix_kv(theirs)
     n = MODELS[model]["hidden"]
     assert log_lines(r.stdout)["token_embd.weight"].endswith(f" | imatrix entry of 96 values ignored (rows of {n})")
+
+
+Q2_K_S_TYPES = {"Q2_K", "Q4_K", "Q6_K", "Q4_0", "Q5_0", "Q8_0"}
+
+
+@pytest.mark.parametrize("model", ["k256", "odd"])
+def test_q2_k_s_with_an_entry_for_every_matrix(sources, tmp_path, model):
+    """q2_k_s: llama-quantize writes a Q2_K matrix only with an importance; with every entry, the same file."""
+    if _missing_weighted(Q2_K_S_TYPES):
+        pytest.xfail(f"no weighted kernel yet for {_missing_weighted(Q2_K_S_TYPES)}")
+    from weightsmith.convert.pipeline import convert
+    src = sources[model]
+    entries = entries_for(src, seed=13, every=True)
+    imfile = write_imatrix(tmp_path / "every.imatrix.gguf", entries)
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    convert(src, ours, to="gguf", type_="q2_k_s", imatrix=str(imfile), quiet=True)
+    llama_quantize_with(src, theirs, "q2_k_s", imfile, entries)
+    assert_same_tensors(theirs, ours)
+    assert imatrix_kv(ours) == imatrix_kv(theirs)
+
+
+def test_q2_k_s_with_a_missing_entry_is_refused(sources, imatrices, tmp_path, out_area, ws):
+    """A Q2_K matrix of q2_k_s without its entry: llama-quantize fails ("Missing importance matrix for tensor ...
+    in a very low-bit quantization"); so does weightsmith, cleanly and before writing."""
+    src, (imfile, entries) = sources["k256"], imatrices["k256"]
+    with pytest.raises(AssertionError, match="llama_model_quantize failed"):
+        llama_quantize_with(src, tmp_path / "theirs.gguf", "q2_k_s", imfile, entries)
+    r = ws("quantize", src, out_area / "q.gguf", "q2_k_s", "--imatrix", imfile, "-q")
+    assert_clean_error(r, out_area, must_mention="no entry")
 
 
 # ---- the per-tensor options through the command line ---------------------------------------------------------------

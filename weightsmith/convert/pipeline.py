@@ -103,7 +103,7 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
         embd = next(j for j in jobs if j[0] == "token_embd.weight")
         jobs.append(("output.weight", embd[1], embd[2]))
     specs = [Spec(name, ref.shape, t) for name, ref, t in jobs]
-    weights = {name: _weights_for(im, name, ref, t) for name, ref, t in jobs} if im else {}
+    weights = {name: _weights_for(im, name, ref, t, preset[0]) for name, ref, t in jobs} if im else {}
     producer = None
     with AtomicOutput(dst, writer_cls.is_dir, force) as tmp:
         if producer_args:  # GPTQ runs on its own thread, a block ahead of the writer
@@ -220,16 +220,20 @@ def _cut(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").split(b"\0")[0][:127].decode("utf-8", "ignore")
 
 
-def _weights_for(im, name: str, ref, t: str) -> tuple[np.ndarray | None, str]:
+def _weights_for(im, name: str, ref, t: str, preset_name: str) -> tuple[np.ndarray | None, str]:
     """(the importance of each input column of one tensor, as llama-quantize hands it to ggml_quantize_chunk, or
     None; the log's note). llama-quantize looks an entry up for every tensor whose type changes: none -> quantized
-    without one; one whose length is not the row length -> an error, except for token_embd (a lookup, never in an
-    imatrix by rights), which is then quantized without it."""
+    without one (but a q2_k_s Q2_K matrix is refused, as presets.Mixture refuses it with no imatrix at all); one
+    whose length is not the row length -> an error, except for token_embd (a lookup, never in an imatrix by
+    rights), which is then quantized without it."""
     if t == ref.dtype or _passes_through(ref, t):
         return None, ""
     w = im.importance(name)
     weighted = not dtypes.is_float(t) and quant.get(t).weighted
     if w is None:
+        if t == "Q2_K" and preset_name == "q2_k_s" and name not in ("token_embd.weight", "output.weight"):
+            raise BadInput(f"--type q2_k_s: {name} would be Q2_K, which llama-quantize writes only with an importance "
+                           f"matrix, and the importance matrix has no entry for it")
         return None, " | no imatrix entry" if weighted else ""
     n = ref.shape[-1] if ref.shape else 1
     if w.shape[0] != n:
