@@ -6,7 +6,8 @@ Two file forms, told apart by content (GGUF magic), never by extension:
 
 - GGUF (llama-imatrix's default): `general.type = imatrix`, `imatrix.datasets` (strings), `imatrix.chunk_count`,
   `imatrix.chunk_size` (u32), and per entry two F32 tensors, `<name>.in_sum2` (ggml ne [n, n_mat]) and
-  `<name>.counts` (ne [1, n_mat]), names sorted. Written through gguf-py's GGUFWriter.
+  `<name>.counts` (ne [1, n_mat]), names sorted; ggml drops trailing dims of 1, so a dense entry's are [n] and [1].
+  Written through gguf-py's GGUFWriter, byte for byte what llama-imatrix writes for the same numbers.
 - legacy .dat (`--output-format dat`): i32 entry count; per entry i32 name length, name, i32 ncall, i32 nval,
   nval f32 values = (sum/count) * ncall, where ncall = ceil(max count / chunk_size); then i32 chunk count and
   i32 length + bytes of the last dataset's name (this trailer is optional).
@@ -295,8 +296,10 @@ def _write_gguf(path: Path, im: Imatrix):
     for name in sorted(im.entries):
         e = im.entries[name]
         n_mat = e.counts.size
-        w.add_tensor(name + SUM, np.ascontiguousarray(e.in_sum2, np.float32).reshape(n_mat, -1))
-        w.add_tensor(name + COUNT, np.ascontiguousarray(e.counts, np.float32).reshape(n_mat, 1))
+        # ggml writes ne [n, n_mat] and [1, n_mat] with trailing 1s dropped (ggml_n_dims): [n] and [1] when dense
+        lead = (n_mat,) if n_mat > 1 else ()
+        w.add_tensor(name + SUM, np.ascontiguousarray(e.in_sum2, np.float32).reshape(*lead, -1))
+        w.add_tensor(name + COUNT, np.ascontiguousarray(e.counts, np.float32).reshape(*lead, 1))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
