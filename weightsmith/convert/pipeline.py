@@ -167,6 +167,9 @@ def _importance(ck, preset, imatrix, calibrate, samples, ctx, device, quiet):
         from ..verify.model import device_for
         device_for(device)  # a bad --device fails here, before anything runs
         tokens = tokens_for(ck, calibrate, ctx, samples)  # cut as `weightsmith imatrix --ctx --chunks` cuts it
+        if not quiet:
+            fewer = f" (fewer than --samples {samples}: the text holds no more)" if len(tokens) < samples else ""
+            print(f"imatrix: collecting over {len(tokens)} chunks of {ctx} tokens of {calibrate}{fewer}", flush=True)
         im = collect(ck, tokens, progress=_progress("imatrix blocks", ck.config.n_layers, quiet), device=device,
                      datasets=[str(calibrate)])
     if not im.entries:
