@@ -229,6 +229,36 @@ def test_imatrix_keys_with_empty_dataset_and_no_chunks(sources, tmp_path):
     assert_same_tensors(theirs, ours)
 
 
+def write_dat(path, values: dict[str, tuple[int, np.ndarray]], chunk_count=CHUNKS, dataset=DATASET):
+    """llama-imatrix's legacy .dat: i32 entry count; per entry i32 name length, name, i32 ncall, i32 value count,
+    float32 values (sum/count * ncall); then i32 chunk count, i32 length and the dataset's name."""
+    import struct
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", len(values)))
+        for name, (ncall, v) in values.items():
+            f.write(struct.pack("<i", len(name)) + name.encode() + struct.pack("<ii", ncall, v.size))
+            f.write(v.astype("<f4").tobytes())
+        f.write(struct.pack("<ii", chunk_count, len(dataset)) + dataset.encode())
+    return path
+
+
+def test_legacy_dat_imatrix_equals_llama_quantize(sources, tmp_path):
+    """A .dat: llama-quantize divides each entry's values by its ncall (no per-token counts in that form)."""
+    from weightsmith.convert.pipeline import convert
+    src = sources["k256"]
+    g = np.random.default_rng(17)
+    values = {name: (1 + k % 3, (g.lognormal(0, 1.5, n) * (1 + k % 3)).astype(np.float32))
+              for k, (name, n) in enumerate(sorted(matmul_inputs(src).items())) if k % 5 != 2}
+    imfile = write_dat(tmp_path / "legacy.dat", values)
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    convert(src, ours, to="gguf", type_="q4_k_s", imatrix=str(imfile), quiet=True)
+    llamacpp.quantize(src, theirs, PRESETS["q4_k_s"].file_type, imatrix_file=str(imfile), datasets=[DATASET],
+                      chunk_count=CHUNKS, imatrix={k: (v / np.float32(c)).astype(np.float32)
+                                                   for k, (c, v) in values.items()})
+    assert_same_tensors(theirs, ours)
+    assert imatrix_kv(ours) == imatrix_kv(theirs)
+
+
 def test_log_says_what_each_tensor_got(sources, imatrices, tmp_path, ws):
     """Per tensor: `| imatrix` where one weighted it, `| no imatrix entry` where none was found."""
     src, (imfile, entries) = sources["k256"], imatrices["k256"]
