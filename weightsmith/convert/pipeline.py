@@ -234,9 +234,9 @@ def _weights_for(im, name: str, ref, t: str, preset_name: str) -> tuple[np.ndarr
     w = im.importance(name)
     weighted = not dtypes.is_float(t) and quant.get(t).weighted
     if w is None:
-        if t == "Q2_K" and preset_name == "q2_k_s" and name not in ("token_embd.weight", "output.weight"):
-            raise BadInput(f"--type q2_k_s: {name} would be Q2_K, which llama-quantize writes only with an importance "
-                           f"matrix, and the importance matrix has no entry for it")
+        if presets.requires_imatrix(preset_name, name, t):
+            raise BadInput(f"--type {preset_name}: {name} would be {t}, which llama-quantize writes only with an "
+                           f"importance matrix, and the importance matrix has no entry for it")
         return None, " | no imatrix entry" if weighted else ""
     n = ref.shape[-1] if ref.shape else 1
     if w.shape[0] != n:

@@ -103,6 +103,12 @@ def ggml_type(name: str, what: str) -> str:
                       f"(f32, f16, bf16, {', '.join(n.lower() for n in types.REGISTRY)})")
 
 
+def requires_imatrix(preset_name: str, canonical: str, t: str) -> bool:
+    """llama-quantize's tensor_requires_imatrix for the types weightsmith writes: Q2_K matrices of a q2_k_s file
+    (token_embd and output excepted) are written only with their importance-matrix entry."""
+    return t == "Q2_K" and preset_name == "q2_k_s" and canonical not in ("token_embd.weight", "output.weight")
+
+
 @dataclass(frozen=True)
 class Overrides:
     """llama-quantize's per-tensor options."""
@@ -160,10 +166,10 @@ class Mixture:
         else:
             t = self._rules(role, shape, base)
         t = types.for_row_length(t, shape[-1])
-        if t == "Q2_K" and self.preset_name == "q2_k_s" and not self.imatrix and role not in ("token_embd", "output"):
-            # llama-quantize's tensor_requires_imatrix: it refuses the whole file before writing anything
-            raise BadInput(f"--type q2_k_s: {canonical} would be Q2_K, which llama-quantize writes only with an "
-                           f"importance matrix (--imatrix FILE or --calibrate TEXT)")
+        if not self.imatrix and requires_imatrix(self.preset_name, canonical, t):
+            # llama-quantize refuses the whole file before writing anything
+            raise BadInput(f"--type {self.preset_name}: {canonical} would be {t}, which llama-quantize writes only "
+                           f"with an importance matrix (--imatrix FILE or --calibrate TEXT)")
         return t
 
     def _rules(self, role: str, shape, base: str) -> str:
