@@ -71,7 +71,7 @@ class _Sums:
         self.tokens: dict[tuple, int] = {}
 
     def add(self, key, x: torch.Tensor):
-        s = (x * x).sum(dim=tuple(range(x.dim() - 1))).double().cpu()
+        s = (x * x).sum(dim=tuple(range(x.dim() - 1))).cpu().double()  # float64 on the CPU (MPS has none)
         if key in self.sums:
             self.sums[key] += s
         else:
@@ -91,7 +91,7 @@ class Perplexity:
         self.running: list[float] = []
 
     def add(self, logits: torch.Tensor, targets: torch.Tensor):
-        lp = logits.double().log_softmax(-1).gather(-1, targets[:, None].to(logits.device))[:, 0].cpu()
+        lp = logits.float().log_softmax(-1).gather(-1, targets[:, None].to(logits.device))[:, 0].cpu().double()
         self.nll -= lp.sum().item()
         self.nll2 += lp.pow(2).sum().item()
         self.count += targets.numel()
