@@ -26,7 +26,8 @@ What llama.cpp itself accepts, and where this reader is stricter (every refusal 
   overwrite the earlier one, cuts a name at an embedded NUL, takes an in_sum2 whose size is not a multiple of its
   counts' (the rest left 0), a .dat ncall <= 0 (values used undivided) and negative or NaN values (NaN and inf
   then stop llama-quantize): all refused here. It does require the three imatrix.* keys of a GGUF file (else
-  "missing imatrix metadata") and F32 sums and counts; so does this reader. Counts are rounded to integers as
+  "missing imatrix metadata") and F32 sums and counts; so does this reader (laxer in one thing: the two counts
+  are taken in any integer type, where llama.cpp asserts u32 and aborts). Counts are rounded to integers as
   llama.cpp rounds them (lround) when sum/count is formed; a count of 0 (an expert no token reached) gives
   importance 1, as in llama-quantize.
 """
