@@ -14,9 +14,20 @@
 
 L and Laux may be any integer arrays (int64 is convenient); they hold what the C's int8_t / uint8_t arrays hold.
 Add further shared searches (make_q3_quants, ...) here, not a second copy in a kernel module.
+
+The lane forms (*_lanes) run one search on many groups side by side, for the k-quant kernels: group k of a tile
+is column k of xt [n, lanes] (and of its weights wt), so the innermost loops run over lanes with no dependency
+and LLVM turns them into vector instructions, while each lane does the C's float32 operations in the C's order
+(its sums still left to right over the group). The C's branches become selects: a lane computes every candidate
+and keeps the ones the C keeps, with the same strict comparisons; where the C stops early (an all-zero group, a
+refinement pass that changes nothing) the lane's result is replaced, or the extra passes provably change nothing.
+Quants come back as float32 in Lt [n, lanes], rebuilt at the end from the winning candidate's iscale (and min):
+the same float operations give the same integers, and no per-candidate copy is needed.
 """
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from .cfloat import JIT, f32, nearest_int
 
@@ -235,3 +246,205 @@ def make_q3_quants(x, L, nmax):
     for i in range(n):
         L[i] += nmax
     return sumlx / suml2 if suml2 > f32(0.0) else f32(0.0)
+
+
+# ---- The lane forms -------------------------------------------------------------------------------------------
+
+@intrinsic
+def near_clamp(typingctx, v, lo, hi):
+    """float32(max(lo, min(hi, nearest_int(v)))), cfloat.nearest_int's bits in int32 arithmetic (numba would widen
+    it to int64, which halves the lanes of a vector): the same integers for every float32, NaN and inf included."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        b = builder.bitcast(builder.fadd(args[0], ir.Constant(ir.FloatType(), 12582912.0)), i32)
+        b = builder.sub(builder.and_(b, ir.Constant(i32, 0x7FFFFF)), ir.Constant(i32, 0x400000))
+        lo32, hi32 = builder.trunc(args[1], i32), builder.trunc(args[2], i32)
+        b = builder.select(builder.icmp_signed("<", hi32, b), hi32, b)
+        b = builder.select(builder.icmp_signed("<", b, lo32), lo32, b)
+        return builder.sitofp(b, ir.FloatType())
+    return types.float32(types.float32, types.int64, types.int64), codegen
+
+
+def lane_work(lanes: int):
+    """Scratch rows for the lane searches (numba callers: np.empty((LANE_ROWS, lanes), np.float32))."""
+    return np.empty((LANE_ROWS, lanes), np.float32)
+
+
+LANE_ROWS = 16  # per-lane state rows the lane searches use in `work`
+
+
+@njit(**JIT)
+def _qx_sums(xt, wt, iscale, slx, sl2, nmax):
+    """Each lane's sum(w x l) and sum(w l^2) for l = its quants at iscale, left to right as the C sums."""
+    n, m = xt.shape
+    for k in range(m):
+        slx[k] = sl2[k] = f32(0.0)
+    for i in range(n):
+        for k in range(m):
+            l = near_clamp(iscale[k] * xt[i, k], -nmax, nmax - 1)
+            slx[k] += wt[i, k] * xt[i, k] * l
+            sl2[k] += wt[i, k] * l * l
+
+
+@njit(**JIT)
+def _signed_amax(xt, mx, amax):
+    """Each lane's largest |x| and the x it came from (the first one of ties)."""
+    n, m = xt.shape
+    for k in range(m):
+        mx[k] = amax[k] = f32(0.0)
+    for i in range(n):
+        for k in range(m):
+            v = xt[i, k]
+            bigger = abs(v) > amax[k]
+            amax[k] = abs(v) if bigger else amax[k]
+            mx[k] = v if bigger else mx[k]
+
+
+@njit(**JIT)
+def make_qx_lanes(xt, wt, Lt, out, work, nmax):
+    """make_qx_quants on each column of xt (weights wt): Lt the quants offset by nmax, out[k] the scale."""
+    n, m = xt.shape
+    mx, amax, iscale, slx, sl2, scale, best, bis = (work[0], work[1], work[2], work[3], work[4], work[5],
+                                                    work[6], work[7])
+    _signed_amax(xt, mx, amax)
+    for k in range(m):
+        iscale[k] = f32(-nmax) / mx[k]
+    _qx_sums(xt, wt, iscale, slx, sl2, nmax)
+    for k in range(m):
+        scale[k] = slx[k] / sl2[k] if sl2[k] != f32(0.0) else f32(0.0)  # C's `suml2 ?`: NaN counts as true
+        best[k] = scale[k] * slx[k]
+        bis[k] = iscale[k]
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        for k in range(m):
+            iscale[k] = -(f32(nmax) + f32(0.1) * f32(step)) / mx[k]
+        _qx_sums(xt, wt, iscale, slx, sl2, nmax)
+        for k in range(m):
+            win = (sl2[k] > f32(0.0)) & (slx[k] * slx[k] > best[k] * sl2[k])
+            s = slx[k] / sl2[k]
+            bis[k] = iscale[k] if win else bis[k]
+            scale[k] = s if win else scale[k]
+            best[k] = s * slx[k] if win else best[k]
+    for k in range(m):
+        out[k] = f32(0.0) if amax[k] < GROUP_MAX_EPS else scale[k]
+    for i in range(n):
+        for k in range(m):
+            l = near_clamp(bis[k] * xt[i, k], -nmax, nmax - 1) + f32(nmax)
+            Lt[i, k] = f32(0.0) if amax[k] < GROUP_MAX_EPS else l
+
+
+@njit(**JIT)
+def make_qkx_lanes(xt, wt, Lt, Laux, out, work, nmax, rmin, rdelta, nstep, use_mad):
+    """make_qkx_quants on each column of xt (weights wt): Lt the quants, out[0, k] the scale, out[1, k] the_min
+    (-min). Laux [n, lanes]: scratch for each candidate's quants."""
+    n, m = xt.shape
+    lo, hi, sum_w, sum_x, best, scale, iscale, sl, sl2, sxl, bis, blo, cs, cm, ok, flat = (
+        work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7], work[8], work[9], work[10],
+        work[11], work[12], work[13], work[14], work[15])
+    for k in range(m):
+        lo[k] = hi[k] = xt[0, k]
+        sum_w[k] = wt[0, k]
+        sum_x[k] = sum_w[k] * xt[0, k]
+    for i in range(1, n):
+        for k in range(m):
+            v = xt[i, k]
+            lo[k] = v if v < lo[k] else lo[k]
+            hi[k] = v if v > hi[k] else hi[k]
+            sum_w[k] += wt[i, k]
+            sum_x[k] += wt[i, k] * v
+    fmax = f32(nmax)
+    for k in range(m):
+        lo[k] = f32(0.0) if lo[k] > f32(0.0) else lo[k]
+        flat[k] = f32(1.0) if hi[k] == lo[k] else f32(0.0)  # the C returns here: no quants, no scale
+        iscale[k] = fmax / (hi[k] - lo[k])
+        scale[k] = f32(1.0) / iscale[k]
+        best[k] = f32(0.0)
+        bis[k] = iscale[k]
+        blo[k] = lo[k]
+    for i in range(n):
+        for k in range(m):
+            diff = scale[k] * near_clamp(iscale[k] * (xt[i, k] - lo[k]), 0, nmax) + lo[k] - xt[i, k]
+            best[k] += wt[i, k] * (abs(diff) if use_mad else diff * diff)
+    for step in range(nstep + 1 if nstep >= 1 else 0):
+        # lo is each lane's best min so far: ggml updates it when a candidate wins, later candidates start from it
+        for k in range(m):
+            iscale[k] = (rmin + rdelta * f32(step) + fmax) / (hi[k] - lo[k])
+            sl[k] = sl2[k] = sxl[k] = f32(0.0)
+        for i in range(n):
+            for k in range(m):
+                l = near_clamp(iscale[k] * (xt[i, k] - lo[k]), 0, nmax)
+                Laux[i, k] = l
+                sl[k] += wt[i, k] * l
+                sl2[k] += wt[i, k] * l * l
+                sxl[k] += wt[i, k] * l * xt[i, k]
+        for k in range(m):
+            D = sum_w[k] * sl2[k] - sl[k] * sl[k]
+            this_scale = (sum_w[k] * sxl[k] - sum_x[k] * sl[k]) / D
+            this_min = (sl2[k] * sum_x[k] - sl[k] * sxl[k]) / D
+            clamped = this_min > f32(0.0)
+            cs[k] = sxl[k] / sl2[k] if clamped else this_scale
+            cm[k] = f32(0.0) if clamped else this_min
+            ok[k] = f32(1.0) if D > f32(0.0) else f32(0.0)  # the C looks at the candidate only then
+            sl[k] = f32(0.0)  # its error
+        for i in range(n):
+            for k in range(m):
+                diff = cs[k] * Laux[i, k] + cm[k] - xt[i, k]
+                sl[k] += wt[i, k] * (abs(diff) if use_mad else diff * diff)
+        for k in range(m):
+            win = (ok[k] != f32(0.0)) & (sl[k] < best[k])
+            bis[k] = iscale[k] if win else bis[k]
+            blo[k] = lo[k] if win else blo[k]
+            best[k] = sl[k] if win else best[k]
+            scale[k] = cs[k] if win else scale[k]
+            lo[k] = cm[k] if win else lo[k]
+    for k in range(m):
+        out[0, k] = f32(0.0) if flat[k] != f32(0.0) else scale[k]
+        out[1, k] = -hi[k] if flat[k] != f32(0.0) else -lo[k]  # a flat lane's min is its max
+    for i in range(n):
+        for k in range(m):
+            l = near_clamp(bis[k] * (xt[i, k] - blo[k]), 0, nmax)
+            Lt[i, k] = f32(0.0) if flat[k] != f32(0.0) else l
+
+
+@njit(**JIT)
+def make_q3_lanes(xt, Lt, out, work, nmax):
+    """make_q3_quants on each column of xt: Lt the quants offset by nmax, out[k] the scale. A lane runs all 5
+    refinement passes where the C stops after one that changes nothing: such a pass leaves the lane as it was,
+    so the next ones do the same."""
+    n, m = xt.shape
+    mx, amax, iscale, slx, sl2 = work[0], work[1], work[2], work[3], work[4]
+    _signed_amax(xt, mx, amax)
+    for k in range(m):
+        iscale[k] = f32(-nmax) / mx[k]
+        slx[k] = sl2[k] = f32(0.0)
+    for i in range(n):
+        for k in range(m):
+            v = xt[i, k]
+            l = near_clamp(iscale[k] * v, -nmax, nmax - 1)
+            Lt[i, k] = l
+            w = v * v
+            slx[k] += w * v * l
+            sl2[k] += w * l * l
+    for itry in range(5):
+        for i in range(n):
+            for k in range(m):
+                v = xt[i, k]
+                w = v * v
+                fl = Lt[i, k]
+                s1 = slx[k] - w * v * fl
+                s2 = sl2[k] - w * fl * fl
+                new_l = near_clamp(v * s2 / s1, -nmax, nmax - 1)
+                t1 = s1 + w * v * new_l
+                t2 = s2 + w * new_l * new_l
+                take = ((s1 > f32(0.0)) & (new_l != fl) & (t2 > f32(0.0))
+                        & (t1 * t1 * sl2[k] > slx[k] * slx[k] * t2))
+                Lt[i, k] = new_l if take else fl
+                slx[k] = t1 if take else slx[k]
+                sl2[k] = t2 if take else sl2[k]
+    for k in range(m):
+        zero = amax[k] < GROUP_MAX_EPS
+        out[k] = f32(0.0) if zero else (slx[k] / sl2[k] if sl2[k] > f32(0.0) else f32(0.0))
+    for i in range(n):
+        for k in range(m):
+            Lt[i, k] = f32(0.0) if amax[k] < GROUP_MAX_EPS else Lt[i, k] + f32(nmax)
