@@ -19,6 +19,8 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..lazy import torch
 
 from .. import dtypes
@@ -123,10 +125,11 @@ def stored(s: Scheme, shape, float_dtype: str) -> list[tuple[str, str, tuple[int
 
 @dataclass
 class Packed:
-    """One quantized weight as stored; rows in the caller's order (a row permutation commutes with quantization).
-    packed: the values tensor (int32 words, or the int8 / float8 weight itself, by format)."""
-    packed: torch.Tensor
-    scale: torch.Tensor
+    """One quantized weight, or a piece of its rows, as stored; rows in the caller's order (a row permutation
+    commutes with quantization). packed: the values (int32 words, or the int8 / float8 weight itself, by format);
+    torch tensors (quantize, GPTQ) or numpy arrays (quantize_rows; fp8 as uint8 bits, a BF16 scale as uint16)."""
+    packed: torch.Tensor | np.ndarray
+    scale: torch.Tensor | np.ndarray
     shape: tuple[int, int]
     format: str = FORMAT
 
@@ -136,7 +139,13 @@ class Packed:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.parts().values())
+        """The values' and scales' bytes (the stored shape adds shape_nbytes once per weight)."""
+        return self.packed.nbytes + self.scale.nbytes
+
+
+def shape_nbytes(s: Scheme) -> int:
+    """The bytes a weight stores besides values and scales: pack-quantized's int64 weight_shape [out, in]."""
+    return 16 if "weight_shape" in FORMATS[s.format].suffixes else 0
 
 
 def scales(x: torch.Tensor, s: Scheme, dt: torch.dtype) -> torch.Tensor:
@@ -157,6 +166,41 @@ def quantize(w: torch.Tensor, s: Scheme, float_dtype: str) -> Packed:
     else:
         q = torch.round(torch.clamp(x / scale.unsqueeze(-1), s.qmin, s.qmax))
     return pack(q.reshape(out, n_in), scale, s)
+
+
+def quantize_rows(x: np.ndarray, s: Scheme, float_dtype: str, name: str = "tensor") -> tuple[Packed, float, float]:
+    """quantize() of rows x [rows, in] (a numpy float array, BF16 as uint16 bits) without torch, in a numba kernel
+    on all cores: the same bytes, as numpy arrays (Packed.shape: these rows'), and |dequantized - x|^2, |x|^2 (float64)
+    for the log's error figure. Rows are independent (a scale covers part of one row), so a tensor can be quantized
+    a piece of rows at a time. NaN or Inf is refused, as the ggml types refuse it."""
+    from . import compressed_rows as k
+    from .types import CHUNK, _float32_slices, parallel_map
+    rows, n = x.shape
+    g = group_size(s, n) or n
+    fmt = FORMATS[s.format]
+    out = np.empty((rows, n * s.bits // 8), np.uint8)
+    scale = np.empty((rows, n // g), np.float32)
+    dt = k.DT[float_dtype]
+    store = k.FP8 if s.type == "float" else k.PACKED if s.format == FORMAT else k.INT8
+    x = np.ascontiguousarray(dtypes.to_numpy(x))
+    exact = dtypes.of_array(x) == float_dtype  # its values are the scale dtype's: no rounding to it first
+    args = (g, dt, exact, s.bits, store, np.float32(s.qmin), np.float32(s.qmax), np.float32(k.EPS[dt]))
+    floats = _float32_slices(x.reshape(-1))
+    step = max(CHUNK // n, 1)
+
+    def task(r0):
+        r1 = min(r0 + step, rows)
+        e2, n2, bad = k.quantize_rows(floats(r0 * n, r1 * n).reshape(-1, n), *args, out[r0:r1], scale[r0:r1])
+        return e2, n2, r0 * n + bad if bad >= 0 else -1
+
+    sums = parallel_map(task, range(0, rows, step))
+    bad = [b for _, _, b in sums if b >= 0]
+    if bad:
+        raise BadInput(f"{name}: holds NaN or Inf (first at index {list(divmod(min(bad), n))}); refusing to quantize "
+                       f"it")
+    values = out.view(dtypes.numpy_dtype(fmt.storage))
+    return (Packed(values, dtypes.cast(scale, float_dtype), (rows, n), s.format),
+            sum(e for e, _, _ in sums), sum(v for _, v, _ in sums))
 
 
 def pack(q: torch.Tensor, scale: torch.Tensor, s: Scheme) -> Packed:
