@@ -115,10 +115,9 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
                        metadata=_imatrix_metadata(im, imatrix or calibrate) if im else None)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
-            tensors = [_Tensor(name, ref, t, w.name(name), default, cfg, *weights.get(name, (None, "")))
+            tensors = [_Tensor(name, ref, t, w.name(name), default, cfg, *weights.get(name, (None, "")),
+                               producer=producer if producer and compressed.get(t) else None)
                        for name, ref, t in jobs]
-            for c in tensors:
-                c.producer = producer if producer and compressed.get(c.t) else None
             pieces = _staged([(c, rows) for c in tensors for rows in c.plan], any(c.uses_torch for c in tensors))
             for c in tensors:
                 w.write(c.name, (next(pieces) for _ in c.plan))
@@ -282,21 +281,23 @@ class _Tensor:
     """One tensor to convert to type t, piece by piece, and what came out (bytes, error figure) for the log."""
 
     def __init__(self, name, ref, t: str, out_name: str, float_dtype: str, cfg, importance=None,
-                 imatrix_note: str = ""):
+                 imatrix_note: str = "", producer=None):
         self.name, self.ref, self.t, self.out_name, self.float_dtype = name, ref, t, out_name, float_dtype
         self.importance = importance  # float32 [in] from an importance matrix, for the ggml types that take one
         self.imatrix_note = imatrix_note  # what the log says of it (" | imatrix", " | no imatrix entry", ...)
-        self.plan = self._plan(cfg)
-        self.nbytes = 0
-        self.err2 = self.norm2 = 0.0
-        self.producer = None  # gptq_stream.Producer: where a GPTQ-quantized matrix comes from
+        self.producer = producer  # gptq_stream.Producer: where a GPTQ-quantized matrix comes from (whole)
         self.gptq = None  # its gptq_stream.Stats
+        self.plan = self._plan(cfg)
+        scheme = compressed.get(t)
+        self.nbytes = compressed.shape_nbytes(scheme) if scheme else 0  # the pieces bring values and scales
+        self.err2 = self.norm2 = 0.0
 
     def _plan(self, cfg) -> list[tuple[int, int] | None]:
         """The row ranges it is read in; [None] for one piece holding it whole (0-d tensors, bytes passed through,
-        readers that cannot read rows, int8/int4 packing). Rope q/k ranges hold whole heads (relayout is per head)."""
+        readers that cannot read rows, GPTQ's matrices). Rope q/k ranges hold whole heads (relayout is per head).
+        int8/int4/w8a8/fp8 round-to-nearest has a scale per row or per group of a row's columns: any rows will do."""
         ref = self.ref
-        if ref.rows is None or not ref.shape or _passes_through(ref, self.t) or compressed.get(self.t):
+        if ref.rows is None or not ref.shape or _passes_through(ref, self.t) or self.producer:
             return [None]
         n_rows = ref.shape[0]
         heads = layout.rope_heads(mapping.canonical(ref.canonical).row.rope, cfg)
@@ -306,8 +307,8 @@ class _Tensor:
 
     @property
     def uses_torch(self) -> bool:
-        """Packing to int8/int4 or unpacking from it: whole tensors through torch ops."""
-        return bool(compressed.get(self.t) or compressed.get(self.ref.dtype))
+        """Unpacking a compressed-tensors source, or GPTQ's matrices: whole tensors through torch ops."""
+        return bool(self.producer or compressed.get(self.ref.dtype))
 
     def read(self, rows):
         """Rows [r0, r1) (None: all) as stored: quantized bytes to pass through, or values in canonical layout, as
@@ -329,13 +330,15 @@ class _Tensor:
         if dtypes.is_float(t):
             return dtypes.cast(x, t)
         scheme = compressed.get(t)
-        if scheme:  # whole tensor: int8 per channel, int4 per group of columns
+        if scheme and self.producer:  # GPTQ: the whole matrix, quantized on the producer's thread
             x = dtypes.to_torch(x).float()
-            if self.producer:
-                data, self.gptq = self.producer.take(self.name)
-            else:
-                data = compressed.quantize(x, scheme, self.float_dtype)
+            data, self.gptq = self.producer.take(self.name)
             self.err2, self.norm2 = quant.squared_norms(compressed.dequantize(data.packed, data.scale, scheme), x)
+            return data
+        if scheme:  # round-to-nearest, these rows: int8 per channel, int4 per group of columns
+            data, e2, n2 = compressed.quantize_rows(x.reshape(x.shape[0], -1), scheme, self.float_dtype,
+                                                    self.out_name)
+            self.err2, self.norm2 = self.err2 + e2, self.norm2 + n2
             return data
         x = x.reshape(x.shape[0], -1)
         qt = quant.get(t)

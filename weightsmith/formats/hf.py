@@ -2,6 +2,8 @@
 written streaming, each tensor in pieces of rows as they come."""
 from pathlib import Path
 
+import numpy as np
+
 from .. import dtypes
 from ..checkpoint import Checkpoint, TensorRef, numel, order
 from ..config import check_shapes, from_hf_config, to_hf_config
@@ -209,26 +211,34 @@ class Writer:
         self.sink = DirectFile(self.out / self.file_names[fi], len(header))
 
     def write(self, canonical: str, chunks):
-        """chunks: the tensor's rows in order, in pieces of whole heads (a packed int8/int4 weight: one piece)."""
+        """chunks: the tensor's rows in order, in pieces of whole heads. A compressed-tensors weight's pieces are
+        compressed.Packed rows: their values are written as they come; their scales, which the file stores after
+        all the values (and which are 1/64 of the values' size or less), are kept until the last piece, then
+        written, then weight_shape."""
         fi, spec = self.queue[self.pos]
         assert spec.canonical == canonical, (spec, canonical)
         if self.pos == 0 or self.queue[self.pos - 1][0] != fi:
             self._open(fi)
         heads = layout.rope_heads(mapping.canonical(canonical).row.rope, self.config)
-        rows = 0
+        rows, scales, fmt = 0, [], None
         for t in chunks:
             share = heads * t.shape[0] // spec.shape[0] if heads else 0  # heads in this piece
             if isinstance(t, compressed.Packed):  # rows permute with their scales; the shape stays [out, in]
+                fmt = compressed.FORMATS[t.format]
                 module = self.name(canonical).removesuffix(".weight")
                 kind = module.split(".", 3)[-1]  # model.layers.N.self_attn.q_proj -> self_attn.q_proj
                 self.quantized.setdefault(compressed.group_size(self.scheme, t.shape[1]), set()).add(kind)
-                parts = [layout.rope_to_hf(p, share) if share and p.ndim == 2 else p for p in t.parts().values()]
+                self.sink.write(as_bytes(layout.rope_to_hf(t.packed, share) if share else t.packed))
+                scales.append(layout.rope_to_hf(t.scale, share) if share else t.scale)
             else:
-                parts = [layout.rope_to_hf(t, share) if share else t]
-            for p in parts:
-                self.sink.write(as_bytes(p))
+                self.sink.write(as_bytes(layout.rope_to_hf(t, share) if share else t))
             rows += t.shape[0]
         assert rows == spec.shape[0], (canonical, rows, spec.shape)
+        if fmt is not None:  # the order compressed.stored gives the header: values, weight_scale[, weight_shape]
+            for p in scales:
+                self.sink.write(as_bytes(p))
+            if "weight_shape" in fmt.suffixes:
+                self.sink.write(as_bytes(np.array(spec.shape, np.int64)))
         self.pos += 1
 
     def _close_shard(self):
