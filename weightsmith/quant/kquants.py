@@ -11,26 +11,32 @@ which differ in the searches, not only in the weights:
 - Q6_K: make_qx_quants on the 16 groups of 16, weighted by x^2 (ref) or by the importance itself (impl: ggml
   leaves its sigma2 weighting commented out); the rest is common.
 
+The group searches, nearly all the time, run on a tile of TILE super-blocks at once (search.py's lane forms: the
+tile's 64 or 128 groups side by side); each super-block is then finished alone (its scales' quants, fp16 d,
+requantization against the stored scales, packing).
+
 Unweighted kernels: legacy.py's contract, (x float32 [n_blocks, 256], out uint8 [n_blocks, type_size]) -> (err2,
 norm2, first bad index or -1); weighted ones (<name>_w): (x float32 [rows, n], qw float32 [n], out uint8 [rows,
-n / 256 * type_size]). Both run the same driver over rows of super-blocks (an unweighted block is a row of 256).
+n / 256 * type_size]). Both run the same driver over the super-blocks of their rows (an unweighted block is a row
+of 256).
 """
 import numpy as np
 from numba import njit
 
 from .cfloat import JIT, f32, int8, nearest_int, put_fp16
 from .legacy import SIGNATURE, SIGNATURE_W, block_err2, block_norm2, first_bad
-from .search import GROUP_MAX_EPS, make_qkx_quants, make_qp_quants, make_qx_quants
+from .search import (GROUP_MAX_EPS, LANE_ROWS, make_qkx_lanes, make_qp_quants, make_qx_lanes, near_clamp,
+                     sum_lanes, tile_columns)
 
 Q4_K, Q5_K, Q6_K = range(3)
 # Q4_K's and Q5_K's largest quant, and make_qkx2_quants' rmin and nstep in their _ref quantizers
 _NMAX = (15, 31)
 _REF_SEARCH = ((f32(-1.0), 20), (f32(-0.5), 15))
+TILE = 8  # super-blocks whose groups are searched side by side: 64 lanes of 32 values (Q4_K, Q5_K), 128 of 16
 
 
 # ---- Q4_K / Q5_K: 8 groups of 32, unsigned with a min ---------------------------------------------------------
-# Bytes: d dmin scales[12] then (Q5_K) qh[32] and qs[128]. The scratch sm holds float32 rows scales, mins, sums of
-# weights; lsm int64 rows Ls, Lm (the C's uint8_t values).
+# Bytes: d dmin scales[12] then (Q5_K) qh[32] and qs[128]. lsm: int64 rows Ls, Lm (the C's uint8_t values).
 
 @njit(**JIT)
 def _scale_min_k4(o, j):
@@ -41,22 +47,10 @@ def _scale_min_k4(o, j):
 
 
 @njit(**JIT)
-def _ref_scales(b, L, kind, w, Laux, sm, lsm):
-    """quantize_row_q{4,5}_K_ref's search: returns (d, dmin) before fp16."""
-    nmax = _NMAX[kind]
-    rmin, nstep = _REF_SEARCH[kind]
-    scales, mins = sm[0], sm[1]
+def _ref_scales(scales, mins, lsm):
+    """quantize_row_q{4,5}_K_ref's scales and mins at 63 / their max: returns (d, dmin) before fp16."""
     max_scale = max_min = f32(0.0)
     for j in range(8):
-        g = b[32 * j:32 * j + 32]
-        sum_x2 = f32(0.0)
-        for l in range(32):
-            sum_x2 += g[l] * g[l]
-        av_x = np.sqrt(sum_x2 / f32(32.0))  # sqrtf: correctly rounded in both
-        for l in range(32):
-            w[l] = av_x + abs(g[l])
-        scales[j], mins[j] = make_qkx_quants(g, w, L[32 * j:32 * j + 32], Laux, nmax, rmin, f32(0.1), nstep,
-                                             False)
         if scales[j] > max_scale:
             max_scale = scales[j]
         if mins[j] > max_min:
@@ -70,24 +64,9 @@ def _ref_scales(b, L, kind, w, Laux, sm, lsm):
 
 
 @njit(**JIT)
-def _impl_scales(b, qw, L, kind, w, Laux, sm, lsm):
-    """quantize_row_q{4,5}_K_impl's search with quant_weights qw (this super-block's 256): returns (d, dmin)."""
-    nmax = _NMAX[kind]
-    scales, mins, sw = sm[0], sm[1], sm[2]
-    sum_x2 = f32(0.0)
-    for l in range(256):
-        sum_x2 += b[l] * b[l]
-    sigma2 = f32(2.0) * sum_x2 / f32(256.0)
-    for j in range(8):
-        for l in range(32):
-            v = b[32 * j + l]
-            w[l] = qw[32 * j + l] * np.sqrt(sigma2 + v * v)
-        sumw = f32(0.0)
-        for l in range(32):
-            sumw += w[l]
-        sw[j] = sumw
-        scales[j], mins[j] = make_qkx_quants(b[32 * j:32 * j + 32], w, L[32 * j:32 * j + 32], Laux, nmax,
-                                             f32(-0.9), f32(0.05), 36, False)
+def _impl_scales(scales, mins, sw, kind, lsm):
+    """quantize_row_q{4,5}_K_impl's: make_qp_quants over the scales and over the mins, weighted by each group's sum
+    of weights sw: returns (d, dmin)."""
     d = make_qp_quants(8, 63, scales, lsm[0], sw)
     dmin = make_qp_quants(8, 63, mins, lsm[1], sw)
     if kind == Q5_K:  # Q5_K clamps the uint8 quants to 63, Q4_K stores them as they are
@@ -98,14 +77,11 @@ def _impl_scales(b, qw, L, kind, w, Laux, sm, lsm):
 
 
 @njit(**JIT)
-def _k4(b, qw, weighted, o, L, kind, w, Laux, sm, lsm, back):
-    """The half Q4_K and Q5_K share: d, dmin and the 12 packed 6-bit scales/mins at o[0:16], the quants in L;
-    returns the float64 squared error of what they dequantize to."""
+def _k4(b, o, L, kind, d, dmin, lsm, back):
+    """The half Q4_K and Q5_K share: d, dmin and the 12 packed 6-bit scales/mins at o[0:16], the final quants in
+    L (float32; the search's where a group's scale is zero); returns the float64 squared error of what they
+    dequantize to."""
     nmax = _NMAX[kind]
-    if weighted:
-        d, dmin = _impl_scales(b, qw, L, kind, w, Laux, sm, lsm)
-    else:
-        d, dmin = _ref_scales(b, L, kind, w, Laux, sm, lsm)
     for j in range(8):  # the C's uint8_t stores: an unclamped Q4_K impl quant above 63 spills into its neighbours
         ls, lm = lsm[0, j], lsm[1, j]
         if j < 4:
@@ -123,9 +99,9 @@ def _k4(b, qw, weighted, o, L, kind, w, Laux, sm, lsm, back):
         mj = dmin * f32(m)
         if dj != f32(0.0):  # else the group keeps the search's quants
             for i in range(32 * j, 32 * j + 32):
-                L[i] = max(0, min(nmax, nearest_int((b[i] + mj) / dj)))
+                L[i] = near_clamp((b[i] + mj) / dj, 0, nmax)
         for i in range(32 * j, 32 * j + 32):
-            back[i] = dj * f32(L[i]) - mj  # dequantize_row_q*_K's d1 * q - m1
+            back[i] = dj * L[i] - mj  # dequantize_row_q*_K's d1 * q - m1
     return block_err2(back, b)
 
 
@@ -134,7 +110,7 @@ def _pack_q4(L, o):
     """qs[32k + l] = L[64k + l] | L[64k + 32 + l] << 4."""
     for k in range(4):
         for l in range(32):
-            o[16 + 32 * k + l] = L[64 * k + l] | (L[64 * k + 32 + l] << 4)
+            o[16 + 32 * k + l] = np.int32(L[64 * k + l]) | (np.int32(L[64 * k + 32 + l]) << 4)
 
 
 @njit(**JIT)
@@ -143,7 +119,7 @@ def _pack_q5(L, o):
     o[16:48] = 0
     for k in range(4):
         for l in range(32):
-            l1, l2 = L[64 * k + l], L[64 * k + 32 + l]
+            l1, l2 = np.int32(L[64 * k + l]), np.int32(L[64 * k + 32 + l])
             o[16 + l] |= ((l1 >> 4) << (2 * k)) | ((l2 >> 4) << (2 * k + 1))
             o[48 + 32 * k + l] = (l1 & 0xF) | ((l2 & 0xF) << 4)
 
@@ -152,11 +128,11 @@ def _pack_q5(L, o):
 # Bytes: ql[128] qh[64] scales[16] d.
 
 @njit(**JIT)
-def _q6(b, w, o, L, scales, sc, back):
-    """One Q6_K super-block, w the weight of each value (x^2, or the importance); returns the squared error."""
+def _q6(b, o, L, scales, sc, back):
+    """Finish one Q6_K super-block from its 16 group scales and the searches' quants L (float32, offset by 32);
+    returns the squared error."""
     max_scale = max_abs = f32(0.0)
     for g in range(16):
-        scales[g] = make_qx_quants(b[16 * g:16 * g + 16], w[16 * g:16 * g + 16], L[16 * g:16 * g + 16], 32)
         if abs(scales[g]) > max_abs:  # a NaN scale (x*x overflowed) never wins
             max_abs = abs(scales[g])
             max_scale = scales[g]
@@ -172,54 +148,126 @@ def _q6(b, w, o, L, scales, sc, back):
         dg = d * f32(sc[g])
         if dg != f32(0.0):  # else the group keeps make_qx_quants' quants
             for k in range(16 * g, 16 * g + 16):
-                L[k] = 32 + max(-32, min(31, nearest_int(b[k] / dg)))
+                L[k] = near_clamp(b[k] / dg, -32, 31) + f32(32.0)
         for k in range(16 * g, 16 * g + 16):
-            back[k] = dg * f32(L[k] - 32)  # dequantize_row_q6_K's d * sc * q
+            back[k] = dg * (L[k] - f32(32.0))  # dequantize_row_q6_K's d * sc * q
     for h in range(2):
         # for each half h of 128, l < 32, quants a..e = L[128h + l + 32m], m = 0..3: ql[64h + l] = a | c << 4,
         # ql[64h + 32 + l] = b | e << 4, qh[32h + l] = the four values' bits 4-5
         for l in range(32):
-            a, bb, c, e = L[128 * h + l], L[128 * h + l + 32], L[128 * h + l + 64], L[128 * h + l + 96]
+            a, bb = np.int32(L[128 * h + l]), np.int32(L[128 * h + l + 32])
+            c, e = np.int32(L[128 * h + l + 64]), np.int32(L[128 * h + l + 96])
             o[64 * h + l] = (a & 0xF) | ((c & 0xF) << 4)
             o[64 * h + 32 + l] = (bb & 0xF) | ((e & 0xF) << 4)
             o[128 + 32 * h + l] = (a >> 4) | ((bb >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6)
     return block_err2(back, b)
 
 
-# ---- The driver: rows of super-blocks ----------------------------------------------------------------------------
+# ---- The driver: tiles of super-blocks ---------------------------------------------------------------------------
+
+@njit(**JIT)
+def _weights(xs, qw, weighted, kind, s0, nb, xt, qt, wt, sw, work):
+    """The search weights of the tile of super-blocks from s0 (their values already in xt), as the C computes them
+    per group; sw: each group's sum of weights (used by the impl's make_qp_quants)."""
+    gl, m = xt.shape
+    if kind == Q6_K:
+        if weighted:
+            tile_columns(qw, s0 * 16, gl, wt)  # the importance itself
+        else:
+            for i in range(gl):
+                for k in range(m):
+                    wt[i, k] = xt[i, k] * xt[i, k]  # make_qx_quants' weights when quant_weights is NULL
+        return
+    if not weighted:
+        sum_x2 = work[0]
+        for k in range(m):
+            sum_x2[k] = f32(0.0)
+        for i in range(gl):
+            for k in range(m):
+                sum_x2[k] += xt[i, k] * xt[i, k]
+        for k in range(m):
+            sum_x2[k] = np.sqrt(sum_x2[k] / f32(32.0))  # av_x; sqrtf: correctly rounded in both
+        for i in range(gl):
+            for k in range(m):
+                wt[i, k] = sum_x2[k] + abs(xt[i, k])
+        return
+    sigma2 = work[0]
+    for s in range(m // 8):
+        b = xs[s0 + s]
+        sum_x2 = f32(0.0)
+        for l in range(256):
+            sum_x2 += b[l] * b[l]
+        for j in range(8):
+            sigma2[8 * s + j] = f32(2.0) * sum_x2 / f32(256.0)
+    tile_columns(qw, s0 * 8, gl, qt)
+    for i in range(gl):
+        for k in range(m):
+            wt[i, k] = qt[i, k] * np.sqrt(sigma2[k] + xt[i, k] * xt[i, k])
+    sum_lanes(wt, sw)
+
 
 @njit(**JIT)
 def _quantize(x, qw, weighted, out, kind):
-    nb = x.shape[1] // 256
+    rows, n = x.shape
+    nb = n // 256
     ts = out.shape[1] // nb  # a super-block's bytes, from the caller's out
-    L = np.empty(256, np.int64)
-    back = np.empty(256, np.float32)
-    w = np.empty(256, np.float32)
-    Laux = np.empty(32, np.int64)
-    sm = np.empty((3, 16), np.float32)
-    lsm = np.empty((2, 16), np.int64)
-    err2 = norm2 = 0.0
-    for r in range(x.shape[0]):
-        row = x[r]
-        n2 = block_norm2(row)
+    norm2 = 0.0
+    for r in range(rows):  # NaN/Inf first: nothing is written for a matrix the caller refuses
+        n2 = block_norm2(x[r])
         if not np.isfinite(n2):
-            return err2, norm2, first_bad(x, r)
+            return 0.0, 0.0, first_bad(x, r)
         norm2 += n2
-        for ib in range(nb):
-            b = row[256 * ib:256 * ib + 256]
-            q = qw[256 * ib:256 * ib + 256] if weighted else qw
-            o = out[r, ts * ib:ts * ib + ts]
+    nsb = rows * nb
+    xs = x.reshape((nsb, 256))
+    os = out.reshape((nsb, ts))
+    flat = x.reshape(-1)
+    gl = 16 if kind == Q6_K else 32
+    gpb = 256 // gl
+    L = np.empty(256, np.float32)
+    back = np.empty(256, np.float32)
+    lsm = np.empty((2, 16), np.int64)
+    sc = np.empty(16, np.int64)
+    m = 0
+    xt = qt = wt = Lt = Laux = res = work = np.empty((0, 0), np.float32)
+    sw = np.empty(0, np.float32)
+    err2 = 0.0
+    for s0 in range(0, nsb, TILE):
+        s1 = min(s0 + TILE, nsb)
+        if (s1 - s0) * gpb != m:  # the first tile, and a short last one
+            m = (s1 - s0) * gpb
+            xt, qt, wt, Lt, Laux = (np.empty((gl, m), np.float32), np.empty((gl, m), np.float32),
+                                    np.empty((gl, m), np.float32), np.empty((gl, m), np.float32),
+                                    np.empty((gl, m), np.float32))
+            res = np.empty((2, m), np.float32)
+            work = np.empty((LANE_ROWS, m), np.float32)
+            sw = np.empty(m, np.float32)
+        tile_columns(flat, s0 * gpb, gl, xt)
+        _weights(xs, qw, weighted, kind, s0, nb, xt, qt, wt, sw, work)
+        if kind == Q6_K:
+            make_qx_lanes(xt, wt, Lt, res[0], work, 32)
+        elif weighted:
+            make_qkx_lanes(xt, wt, Lt, Laux, res, work, _NMAX[kind], f32(-0.9), f32(0.05), 36, False)
+        else:
+            rmin, nstep = _REF_SEARCH[kind]
+            make_qkx_lanes(xt, wt, Lt, Laux, res, work, _NMAX[kind], rmin, f32(0.1), nstep, False)
+        for s in range(s0, s1):
+            kb = (s - s0) * gpb
+            for j in range(gpb):
+                for i in range(gl):
+                    L[gl * j + i] = Lt[i, kb + j]
+            b, o = xs[s], os[s]
             if kind == Q6_K:
-                if not weighted:
-                    for k in range(256):
-                        w[k] = b[k] * b[k]  # make_qx_quants' weights when quant_weights is NULL
-                err2 += _q6(b, q if weighted else w, o, L, sm[0], lsm[0], back)
+                err2 += _q6(b, o, L, res[0, kb:kb + 16], sc, back)
+                continue
+            if weighted:
+                d, dmin = _impl_scales(res[0, kb:kb + 8], res[1, kb:kb + 8], sw[kb:kb + 8], kind, lsm)
             else:
-                err2 += _k4(b, q, weighted, o, L, kind, w, Laux, sm, lsm, back)
-                if kind == Q4_K:
-                    _pack_q4(L, o)
-                else:
-                    _pack_q5(L, o)
+                d, dmin = _ref_scales(res[0, kb:kb + 8], res[1, kb:kb + 8], lsm)
+            err2 += _k4(b, o, L, kind, d, dmin, lsm, back)
+            if kind == Q4_K:
+                _pack_q4(L, o)
+            else:
+                _pack_q5(L, o)
     return err2, norm2, -1
 
 

@@ -448,3 +448,25 @@ def make_q3_lanes(xt, Lt, out, work, nmax):
     for i in range(n):
         for k in range(m):
             Lt[i, k] = f32(0.0) if amax[k] < GROUP_MAX_EPS else Lt[i, k] + f32(nmax)
+
+
+@njit(**JIT)
+def tile_columns(src, g0, gl, xt):
+    """Groups g0, g0 + 1, ... of gl values of src (wrapping around its end: an importance matrix serves every
+    row) into the columns of the tile xt [gl, lanes]."""
+    groups = src.shape[0] // gl
+    for k in range(xt.shape[1]):
+        c = (g0 + k) % groups * gl
+        for i in range(gl):
+            xt[i, k] = src[c + i]
+
+
+@njit(**JIT)
+def sum_lanes(xt, out):
+    """Each column's sum, left to right."""
+    n, m = xt.shape
+    for k in range(m):
+        out[k] = f32(0.0)
+    for i in range(n):
+        for k in range(m):
+            out[k] += xt[i, k]
