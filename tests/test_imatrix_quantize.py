@@ -386,6 +386,16 @@ def test_wrong_size_entry_is_refused_for_unweighted_types_too(sources, tmp_path,
     assert_clean_error(r, out_area, must_mention="blk.5.ffn_down.weight")
 
 
+def test_imatrix_of_another_model_is_refused(sources, tmp_path, out_area, ws):
+    """No entry names a tensor of the model (here: a 40-layer model's last blocks): llama-quantize would quantize
+    everything without a word; weightsmith says the file is not this model's."""
+    imfile = write_imatrix(tmp_path / "other.imatrix.gguf",
+                           {f"blk.{i}.attn_q.weight": (np.ones(256, np.float32), np.array([512], np.float32))
+                            for i in range(30, 40)})
+    r = ws("quantize", sources["k256"], out_area / "q.gguf", "q4_k_m", "--imatrix", imfile, "-q")
+    assert_clean_error(r, out_area, must_mention="another model")
+
+
 @pytest.mark.parametrize("args,mention", [
     (["convert", "{src}", "{out}/hf", "--to", "hf", "--imatrix", "{im}"], "imatrix"),
     (["convert", "{src}", "{out}/hf", "--to", "hf", "--type", "q4_0", "--imatrix", "{im}"], "GGUF"),

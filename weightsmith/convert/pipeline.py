@@ -176,6 +176,9 @@ def _importance(ck, preset, imatrix, calibrate, samples, ctx, device, quiet):
         warn(f"{imatrix or calibrate}: the importance matrix has no entries; quantizing without one "
              f"(as llama-quantize does)")
         return None
+    if not set(im.entries) & {r.canonical for r in ck.tensors}:  # llama-quantize would go on without a word
+        raise BadInput(f"{imatrix or calibrate}: none of the importance matrix's {len(im.entries)} entries (e.g. "
+                       f"{next(iter(im.entries))}) names a tensor of {ck.path}: an imatrix of another model?")
     for name in im.entries:  # llama-quantize refuses the whole matrix for one non-finite value
         w = im.importance(name)
         if not np.isfinite(w).all():

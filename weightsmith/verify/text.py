@@ -18,7 +18,7 @@ class TextTokenizer:
         vocab = vocab_for(ck, None)
         if vocab is None:
             raise BadInput(f"{ck.path}: the checkpoint has no tokenizer (no tokenizer.json / tokenizer.model / GGUF "
-                           f"vocabulary); verify without --text, or add the tokenizer files to it")
+                           f"vocabulary) to cut text into tokens with; add the tokenizer files to it")
         with tempfile.TemporaryDirectory() as d:
             to_hf(vocab, Path(d), ck.config.max_seq_len)
             self.tk = Tokenizer.from_file(str(Path(d) / "tokenizer.json"))
