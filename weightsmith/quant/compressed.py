@@ -55,7 +55,9 @@ class Scheme:
     type: str = "int"       # "int", or "float" (e4m3)
     format: str = FORMAT
     acts: bool = False      # dynamic per-token symmetric input activations of the same type and bits (WxAx)
-    observer: str | None = "minmax"  # the weights' observer as config.json names it
+    # the weights' observer as config.json names it: llm-compressor 0.14 writes memoryless_minmax for every scheme
+    # here (its QuantizationModifier and GPTQModifier; bench/llmcompressor_check.py, bench/convert_bench.py)
+    observer: str | None = "memoryless_minmax"
 
     @property
     def qmin(self) -> float:
@@ -74,9 +76,8 @@ class Scheme:
 SCHEMES = {s.name: s for s in [
     Scheme("INT8", 8, None),                                                  # W8A16
     Scheme("INT4", 4, 128),                                                   # W4A16
-    # llm-compressor's W8A8 and FP8_DYNAMIC; 0.14 writes its weight observer so (bench/llmcompressor_check.py)
-    Scheme("W8A8", 8, None, "int", "int-quantized", acts=True, observer="memoryless_minmax"),
-    Scheme("FP8", 8, None, "float", "float-quantized", acts=True, observer="memoryless_minmax"),
+    Scheme("W8A8", 8, None, "int", "int-quantized", acts=True),                # llm-compressor's W8A8
+    Scheme("FP8", 8, None, "float", "float-quantized", acts=True),            # and FP8_DYNAMIC
 ]}
 MIN_GROUP = 16  # smaller groups than this gain nothing over int8; such a width is refused
 
