@@ -120,6 +120,20 @@ def test_float32_close_to_float64():
     assert a.loss == pytest.approx(b.loss, rel=1e-3)
 
 
+@pytest.mark.parametrize("actorder", ["static", "none"])
+def test_rows_split_over_threads_change_nothing(monkeypatch, actorder):
+    """The column kernel's row ranges (one per core on large matrices; forced here, uneven) give the same result."""
+    s = compressed.get("INT4-G64")
+    W, X = layer(n_out=50)
+    H = hessian_of(X)
+    one = gptq.quantize(W, H, s, torch.float32, actorder=actorder)
+    monkeypatch.setattr(gptq, "ROW_WORK", 1)
+    monkeypatch.setattr(gptq, "_cores", lambda: 3)
+    assert gptq._row_tasks(50, 64) == 3
+    split = gptq.quantize(W, H, s, torch.float32, actorder=actorder)
+    assert torch.equal(one.q, split.q) and torch.equal(one.scale, split.scale) and one.loss == split.loss
+
+
 def test_packed_round_trip_is_the_integers():
     s = compressed.get("INT4-G64")
     W, X = layer()

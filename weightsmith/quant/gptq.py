@@ -11,8 +11,8 @@ What llm-compressor's GPTQModifier does, step for step:
   - activation order `static`: columns in decreasing diag(H) (stable sort), with the scales of the declared
     scheme computed first on the original weights in their natural groups, so the stored tensors need no g_idx;
     `none`: natural order, and a group's scale is computed when its first column comes up, on the weights as
-    the earlier columns' errors left them (the paper's reference code); per-channel scales (int8) always come
-    from the original weights;
+    the earlier columns' errors left them (the paper's reference code; llm-compressor 0.14 instead takes these
+    scales, too, from the original weights); per-channel scales (int8) always come from the original weights;
   - scales are compressed-tensors' (compressed.scales: min-max symmetric, in the model's float dtype), and each
     column is q = clamp(round(w / scale), qmin, qmax), half to even, so the integers mean exactly q * scale.
 Nothing here runs a model: verify.calibrate streams the activations, convert.gptq_stream drives both.
@@ -21,11 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from numba import njit
 
 from .. import dtypes
 from ..errors import BadInput
 from . import compressed
+from .cfloat import JIT
+from .types import _cores, parallel_map
 
 BLOCK = 128          # columns per lazy batch
 MAX_DAMP = 100.0     # dampening (fraction of the mean diagonal) beyond which a Hessian is given up on
@@ -92,7 +96,7 @@ def quantize(w: torch.Tensor, H: torch.Tensor, s: compressed.Scheme, float_dtype
     if static:
         col = torch.argsort(torch.diagonal(H), descending=True, stable=True)
         W, H = W[:, col], H[col][:, col]
-    group = (col // G).tolist() if G else [0] * n_in  # each column's scale (its original group)
+    group = col.cpu() // G if G else torch.zeros(n_in, dtype=torch.long)  # each column's scale (original group)
     dead = torch.diagonal(H) == 0
     H.diagonal()[dead] = 1
     W[:, dead] = 0
@@ -101,21 +105,26 @@ def quantize(w: torch.Tensor, H: torch.Tensor, s: compressed.Scheme, float_dtype
     Q = torch.empty_like(W)
     losses = torch.zeros((), dtype=dtype, device=W.device)
     step = max(block, G or 0)  # a multiple of the group (powers of two): a group never straddles two batches
+    qmin, qmax = (np.dtype(str(dtype).removeprefix("torch.")).type(v) for v in (s.qmin, s.qmax))
     for i1 in range(0, n_in, step):
         i2 = min(i1 + step, n_in)
-        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
-        for i in range(i2 - i1):
-            j = i1 + i
-            if G and not static and j % G == 0:
-                scale[:, j // G] = compressed.scales(W1[:, i:i + G], s, dt)
-            sc = scale[:, group[j]].to(dtype)
-            wj = W1[:, i]
-            q = torch.clamp(torch.round(wj / sc), s.qmin, s.qmax)
-            Q[:, j] = q
-            err = (wj - q * sc) / U1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
+        # the batch's own columns, one at a time, in the numba kernel on the CPU (wherever W lives)
+        W1, U1 = W[:, i1:i2].cpu().clone(), U[i1:i2, i1:i2].cpu().contiguous()
+        Q1, Err1 = torch.empty_like(W1), torch.zeros_like(W1)
+        # the columns a scale is known for: the whole batch, or (actorder none) one group, its scale computed
+        # from the weights as the batch's earlier columns left them
+        parts = range(0, i2 - i1, G) if G and not static else [0]
+        for c0 in parts:
+            c1 = c0 + G if G and not static else i2 - i1
+            if G and not static:
+                scale[:, (i1 + c0) // G] = compressed.scales(W1[:, c0:c1], s, dt).to(scale.device)
+            S1 = scale.cpu()[:, group[i1 + c0:i1 + c1]].to(dtype).contiguous()
+            n = -(-n_out // _row_tasks(n_out, c1 - c0))  # rows per task
+            parallel_map(lambda r: _columns(W1[r:r + n].numpy(), U1.numpy(), S1[r:r + n].numpy(),
+                                            Q1[r:r + n].numpy(), Err1[r:r + n].numpy(), c0, c1, qmin, qmax),
+                         range(0, n_out, n))
+        Q[:, i1:i2] = Q1.to(Q.device)
+        Err1 = Err1.to(W.device)
         losses += Err1.pow(2).sum() / 2
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
     if static:
@@ -123,17 +132,50 @@ def quantize(w: torch.Tensor, H: torch.Tensor, s: compressed.Scheme, float_dtype
     return Result(Q.to(torch.int16), scale, float(losses), used, int(dead.sum()))
 
 
+ROW_WORK = 1 << 20  # multiply-adds per task at least: a thread per core only where each has this much to do
+
+
+def _row_tasks(n_out: int, n_cols: int) -> int:
+    """How many row ranges the column kernel is split into (rows are independent: each its own GPTQ)."""
+    return max(1, min(_cores(), n_out * n_cols * 64 // ROW_WORK, n_out))
+
+
+@njit(**JIT)
+def _columns(W1, U1, S1, Q1, E1, c0, c1, qmin, qmax):
+    """GPTQ's inner loop (the paper's Algorithm 1) over columns c0..c1 of one lazy batch, row by row (each row of W
+    is quantized independently; U1 is shared): column i is rounded to its scale S1[:, i - c0] (half to even,
+    clamped), and its error, divided by U1[i, i], is taken off the batch's later columns times U1's row i. The same
+    operations in the same order as torch's elementwise ones, in the arrays' own dtype (float32 or float64).
+    Q1, E1: the integers and the scaled errors, per column. One kernel call instead of a few torch ops per column:
+    those ops on a few hundred values each cost their thread wake-ups more than their arithmetic."""
+    width = W1.shape[1]
+    for r in range(W1.shape[0]):
+        for i in range(c0, c1):
+            sc = S1[r, i - c0]
+            w = W1[r, i]
+            q = min(max(np.rint(w / sc), qmin), qmax)
+            err = (w - q * sc) / U1[i, i]
+            Q1[r, i] = q
+            E1[r, i] = err
+            for k in range(i + 1, width):
+                W1[r, k] -= err * U1[i, k]
+
+
 def _inverse_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
     """The upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, and the damp it took: the one asked for, or
-    ten times more each time H + damp cannot be factored (a Hessian that is singular in floating point)."""
+    ten times more each time H + damp cannot be factored (a Hessian that is singular in floating point).
+    The inverse comes from two triangular solves against I (cholesky_solve), not cholesky_inverse: MKL's threaded
+    potri behind the latter took 5.1 s for a 1536-wide Hessian on two busy cores (0.34 s this way, 0.06 s on one
+    thread; bench/gptq_bench.py's machine)."""
     mean = torch.diagonal(H).mean()
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     frac = damp
     while True:
         Hd = H.clone()
         Hd.diagonal().add_(frac * mean)
         L, info = torch.linalg.cholesky_ex(Hd)
         if int(info) == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_solve(eye, L), upper=True)
             if int(info) == 0 and torch.isfinite(U).all():
                 return U, frac
         if frac >= MAX_DAMP:
