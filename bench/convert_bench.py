@@ -29,7 +29,8 @@ from common import WS, gguf_tensors_equal, llama_bin, llama_src, peer_venv, run,
 
 # llm-compressor's QuantizationModifier config group for weightsmith's --type (weightsmith's INT8 / INT4 schemes)
 LLMC_SCHEMES = {
-    "int8": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"}},
+    "int8": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "int", "symmetric": True,
+                                                "strategy": "channel"}},
     "int4": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
                                                 "group_size": 128}},
 }

@@ -139,3 +139,36 @@ def test_round_to_nearest_imports_no_torch(built, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_roundings_equal_torch():
+    """The kernel's float32 -> bf16 / f16 rounding and e4m3fn conversion against torch's: on every 1021st float32
+    bit pattern (4.2M of them, every exponent), every bf16 and f16 value, and the halfway points between them (the
+    whole float32 range was checked once: identical)."""
+    from numba import njit
+    from weightsmith.quant import compressed_rows as k
+
+    @njit
+    def kernel(x, r16, rbf, f8, v8):
+        for i in range(x.shape[0]):
+            r16[i] = k.rnd(x[i], k.F16)
+            rbf[i] = k.rnd(x[i], k.BF16)
+            if abs(x[i]) <= np.float32(448.0):
+                f8[i], v8[i] = k.fp8(x[i])
+
+    bits = np.arange(0, 1 << 32, 1021, dtype=np.int64).astype(np.uint32)
+    grid = [torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(d).float() for d in (torch.float16,
+                                                                                                 torch.bfloat16)]
+    x = torch.cat([torch.from_numpy(bits.view(np.float32)), *grid,
+                   *((g[1:] + g[:-1]) / 2 for g in (gg.sort().values for gg in grid))])
+    x = x[torch.isfinite(x)]
+    r16, rbf, v8 = (torch.empty_like(x) for _ in range(3))
+    f8 = torch.zeros(x.shape, dtype=torch.uint8)
+    kernel(x.numpy(), r16.numpy(), rbf.numpy(), f8.numpy(), v8.numpy())
+    as_int = lambda t: t.view(torch.int32)  # noqa: E731  (-0.0 and 0.0 differ)
+    assert torch.equal(as_int(r16), as_int(x.to(torch.float16).float()))
+    assert torch.equal(as_int(rbf), as_int(x.to(torch.bfloat16).float()))
+    m = x.abs() <= 448
+    want = x[m].to(torch.float8_e4m3fn)
+    assert torch.equal(f8[m], want.view(torch.uint8))
+    assert torch.equal(as_int(v8[m]), as_int(want.float()))

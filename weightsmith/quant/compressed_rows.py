@@ -48,25 +48,21 @@ def rnd(v, dt):
 
 
 @njit(**JIT)
-def fp8_bits(v):
-    """float32 v (|v| <= 448) as float8 e4m3fn bits, to nearest even, the sign kept (a tiny negative -> -0.0), as
-    c10's fp8e4m3fn_from_fp32_value converts it."""
-    sign = (np.int64(_bits(v)) >> 24) & 0x80
+def fp8(v):
+    """float32 v (|v| <= 448) rounded to float8 e4m3fn, to nearest even, as c10's fp8e4m3fn_from_fp32_value
+    rounds it: (its bits, its value as float32). The sign is kept (a tiny negative gives -0.0, 0x80). Branch-free:
+    from 2^-6 up, float32's top 3 mantissa bits, rounded; below, multiples of 2^-9, which adding and taking away
+    2^14 (whose ulp in float32 is 2^-9) rounds to."""
+    w = np.int64(_bits(v)) & 0xFFFFFFFF
     a = abs(v)
-    w = np.int64(_bits(a))
-    r = ((w + 0x7FFFF + ((w >> 20) & 1)) >> 20) - (120 << 3)  # 3 mantissa bits, nearest even; exponent bias 7
-    sub = nearest_int(a * f32(512.0))  # below 2^-6: a multiple of 2^-9 (8 * 2^-9: the smallest normal, 0x08)
-    return sign | (r if a >= f32(2.0 ** -6) else sub)
-
-
-@njit(**JIT)
-def fp8_value(b):
-    """The float32 value of float8 e4m3fn bits b (finite)."""
-    e = (b >> 3) & 15
-    m = b & 7
-    sub = f32(m) * f32(2.0 ** -9)
-    v = _from_bits(np.int32(((e + 120) << 23) | (m << 20))) if e else sub
-    return -v if b & 0x80 else v
+    aw = w & 0x7FFFFFFF
+    rn = _from_bits(np.int32((aw + 0x7FFFF + ((aw >> 20) & 1)) & 0x7FF00000))
+    rs = (a + f32(16384.0)) - f32(16384.0)
+    normal = a >= f32(2.0 ** -6)
+    r = rn if normal else rs
+    code = ((np.int64(_bits(rn)) >> 20) - (120 << 3)) if normal else np.int64(rs * f32(512.0))  # bias 127 -> 7
+    neg = w >> 31
+    return code | (neg << 7), -r if neg else r
 
 
 @njit(**MAX)
@@ -96,9 +92,9 @@ def _int_codes(v, s, dt, qmin, qmax, codes, back):
 def _fp8_codes(v, s, dt, codes, back):
     """e4m3(clamp(rnd(v / s) + 0, -448, 448)) and its value times s."""
     for j in range(v.shape[0]):
-        b = fp8_bits(min(max(rnd(v[j] / s, dt) + f32(0.0), f32(-448.0)), f32(448.0)))
+        b, r = fp8(min(max(rnd(v[j] / s, dt) + f32(0.0), f32(-448.0)), f32(448.0)))
         codes[j] = b
-        back[j] = fp8_value(b) * s
+        back[j] = r * s
 
 
 @njit(**JIT)
