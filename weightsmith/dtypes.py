@@ -1,7 +1,7 @@
 """The one dtype table: weightsmith's type names (safetensors' spelling) <-> torch dtypes and numpy dtypes.
 
-Tensors stream through a conversion as numpy arrays (torch is imported only to read or write a .pth, to pack or
-unpack int8/int4, and to run a model): numpy has no bfloat16, so a BF16 array holds its values' bits as uint16, a
+Tensors stream through a conversion as numpy arrays (torch is imported only to read or write a .pth, to unpack
+int8/int4/w8a8/fp8 sources, and to run a model, GPTQ's included): numpy has no bfloat16, so a BF16 array holds its values' bits as uint16, a
 dtype nothing else uses.
 """
 from __future__ import annotations
