@@ -122,13 +122,16 @@ def same_ints(a: Path, b: Path) -> dict:
     x, y = _ints(a), _ints(b)
     if set(x) != set(y) or not x:
         return {"error": f"different modules: {sorted(set(x) ^ set(y))[:3]}"}
-    n = eq = sn = seq = 0
+    n = eq = sn = seq = n0 = eq0 = 0
     for m in x:
+        same = int((x[m][0] == y[m][0]).sum())
         n += x[m][0].numel()
-        eq += int((x[m][0] == y[m][0]).sum())
+        eq += same
         sn += x[m][1].numel()
         seq += int((x[m][1] == y[m][1]).sum()) if x[m][1].shape == y[m][1].shape else 0
-    return {"ints_equal": eq / n, "scales_equal": seq / sn}
+        if ".layers.0." in m:  # the first block: both tools saw the same inputs (no earlier quantized block)
+            n0, eq0 = n0 + x[m][0].numel(), eq0 + same
+    return {"ints_equal": eq / n, "scales_equal": seq / sn, "block0_ints_equal": eq0 / max(n0, 1)}
 
 
 def evaluator(ids_file: str, result: str, ref: str, cands: list[str], pairs: list[str]):
@@ -309,7 +312,8 @@ def main():
     for p, v in ev["pairs"].items():
         ours, theirs = (Path(x).name for x in p.split(" | "))
         print(f"{ours} vs {theirs}: " + (v["error"] if "error" in v else
-              f"{v['ints_equal']:.2%} of the integers and {v['scales_equal']:.2%} of the scales identical"))
+              f"{v['ints_equal']:.2%} of the integers (first block {v['block0_ints_equal']:.2%}) and "
+              f"{v['scales_equal']:.2%} of the scales identical"))
     print("\ntargets (measured):")
     for scheme in a.schemes.split(","):
         g, lg = summary[(scheme, "weightsmith", "gptq")], summary[(scheme, "llm-compressor", "gptq")]
