@@ -63,7 +63,7 @@ def test_pieces_give_the_same_bytes_as_whole_tensors(built, tok_dir, tmp_path, m
 def test_hf_and_gguf_conversions_never_import_torch(built, tok_dir, tmp_path):
     """HF -> GGUF (float casts, block quantization, Llama 3.1's rope_freqs), GGUF -> GGUF, GGUF -> HF and HF -> HF
     run on numpy and the numba kernels alone: importing torch would cost a second and ~100 MB of every conversion
-    (Meta files are torch pickles, and int8/int4 packing is torch's)."""
+    (Meta files are torch pickles; int8/int4 packing without torch: tests/test_int_stream.py)."""
     import subprocess
     import sys
     code = ("import sys; from weightsmith.convert.pipeline import convert; src, out, tok = sys.argv[1:]; "
