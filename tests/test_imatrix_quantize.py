@@ -8,7 +8,7 @@ import torch
 
 import llamacpp
 from conftest import assert_clean_error
-from test_presets import assert_same_tensors
+from test_presets import assert_same_tensors, hf_model
 from weightsmith.errors import Unsupported
 from weightsmith.quant import types
 from weightsmith.quant.presets import PRESETS
@@ -56,20 +56,6 @@ MODELS = {"k256": dict(hidden=256, ffn=768, heads=4, kv=2, tied=False),
 CASES = [_case(m, p) for m in MODELS for p in PRESET_TYPES] + [_case("smollm2", "q4_0")]
 
 
-def hf_model(path, hidden, ffn, heads, kv, tied):
-    """8 layers (so the first/last-eighth rules split them)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(3)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=8, num_attention_heads=heads,
-                      num_key_value_heads=kv, vocab_size=1024, tie_word_embeddings=tied, dtype=torch.float32)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5 if p.dim() > 1 else 1 + 0.1 * torch.randn_like(p))
-    model.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     from test_gguf_write import tok_dir as make
@@ -84,7 +70,7 @@ def sources(tmp_path_factory, tok_dir):
     root = tmp_path_factory.mktemp("imatrix-models")
     out = {}
     for name, kw in MODELS.items():
-        src = hf_model(root / f"hf-{name}", **kw)
+        src = hf_model(root / f"hf-{name}", kw["tied"], kw["hidden"], kw["ffn"], kw["heads"], kw["kv"], seed=3)
         out[name] = root / f"{name}-f16.gguf"
         cli("convert", src, out[name], "--type", "f16", "--tokenizer", tok_dir, "-q", check=0)
     out["smollm2"] = root / "smollm2-f16.gguf"

@@ -15,13 +15,13 @@ PRESET_NAMES = ["q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", 
 LOW_BIT = ["q2_k", "q2_k_s", "q3_k_s", "q3_k_m", "q3_k_l"]
 
 
-def hf_model(path, tied: bool, dim=256, ffn=768, heads=4):
+def hf_model(path, tied: bool, dim=256, ffn=768, heads=4, kv=2, seed=1):
     """8 layers (so llama-quantize's first/last-eighth rules split them), rows of 256 and 768: k-quant friendly
     (dim 384, ffn 1152: no row splits into 256s, every k-quant takes its substitute)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     cfg = LlamaConfig(hidden_size=dim, intermediate_size=ffn, num_hidden_layers=8, num_attention_heads=heads,
-                      num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=tied, dtype=torch.float32)
+                      num_key_value_heads=kv, vocab_size=1024, tie_word_embeddings=tied, dtype=torch.float32)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         for p in model.parameters():
