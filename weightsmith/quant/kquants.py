@@ -166,9 +166,61 @@ def _q6(b, o, L, scales, sc, back):
 # ---- The driver: tiles of super-blocks ---------------------------------------------------------------------------
 
 @njit(**JIT)
-def _weights(xs, qw, weighted, kind, s0, nb, xt, qt, wt, sw, work):
+def scan(x):
+    """sum(x^2) in float64 and the flat index of the first NaN or Inf (-1 if none): checked before anything is
+    written, since a tile spans several rows."""
+    norm2 = 0.0
+    for r in range(x.shape[0]):
+        n2 = block_norm2(x[r])
+        if not np.isfinite(n2):
+            return 0.0, first_bad(x, r)
+        norm2 += n2
+    return norm2, -1
+
+
+@njit(**JIT)
+def tile_scratch(gl, m):
+    """A tile's arrays for m groups of gl: values, importance, weights, quants, a candidate's quants ([gl, m]);
+    the searches' results [2, m] and state [LANE_ROWS, m]; each group's sum of weights [m]."""
+    return (np.empty((gl, m), np.float32), np.empty((gl, m), np.float32), np.empty((gl, m), np.float32),
+            np.empty((gl, m), np.float32), np.empty((gl, m), np.float32), np.empty((2, m), np.float32),
+            np.empty((LANE_ROWS, m), np.float32), np.empty(m, np.float32))
+
+
+@njit(**JIT)
+def group_quants(Lt, kb, L):
+    """Super-block quants L[256] from the tile's lanes kb, kb + 1, ... (one group of Lt.shape[0] values each)."""
+    gl = Lt.shape[0]
+    for j in range(256 // gl):
+        for i in range(gl):
+            L[gl * j + i] = Lt[i, kb + j]
+
+
+@njit(**JIT)
+def impl_weights(xs, qw, s0, xt, qt, wt, sw, sigma2, twice):
+    """The _impl quantizers' weights qw * sqrtf(sigma2 + x^2) for the tile of super-blocks from s0 (values in xt),
+    sigma2 the super-block's mean square (twice: doubled, as Q3_K, Q4_K and Q5_K have it); sw: each group's sum."""
+    gl, m = xt.shape
+    gpb = 256 // gl
+    for s in range(m // gpb):
+        b = xs[s0 + s]
+        sum_x2 = f32(0.0)
+        for l in range(256):
+            sum_x2 += b[l] * b[l]
+        v = f32(2.0) * sum_x2 / f32(256.0) if twice else sum_x2 / f32(256.0)
+        for j in range(gpb):
+            sigma2[gpb * s + j] = v
+    tile_columns(qw, s0 * gpb, gl, qt)
+    for i in range(gl):
+        for k in range(m):
+            wt[i, k] = qt[i, k] * np.sqrt(sigma2[k] + xt[i, k] * xt[i, k])  # sqrtf: correctly rounded in both
+    sum_lanes(wt, sw)
+
+
+@njit(**JIT)
+def _weights(xs, qw, weighted, kind, s0, xt, qt, wt, sw, work):
     """The search weights of the tile of super-blocks from s0 (their values already in xt), as the C computes them
-    per group; sw: each group's sum of weights (used by the impl's make_qp_quants)."""
+    per group; sw: each group's sum of weights (the impl's make_qp_quants weights)."""
     gl, m = xt.shape
     if kind == Q6_K:
         if weighted:
@@ -177,72 +229,45 @@ def _weights(xs, qw, weighted, kind, s0, nb, xt, qt, wt, sw, work):
             for i in range(gl):
                 for k in range(m):
                     wt[i, k] = xt[i, k] * xt[i, k]  # make_qx_quants' weights when quant_weights is NULL
-        return
-    if not weighted:
-        sum_x2 = work[0]
+    elif weighted:
+        impl_weights(xs, qw, s0, xt, qt, wt, sw, work[0], True)
+    else:
+        av_x = work[0]
         for k in range(m):
-            sum_x2[k] = f32(0.0)
+            av_x[k] = f32(0.0)
         for i in range(gl):
             for k in range(m):
-                sum_x2[k] += xt[i, k] * xt[i, k]
+                av_x[k] += xt[i, k] * xt[i, k]
         for k in range(m):
-            sum_x2[k] = np.sqrt(sum_x2[k] / f32(32.0))  # av_x; sqrtf: correctly rounded in both
+            av_x[k] = np.sqrt(av_x[k] / f32(32.0))  # sqrtf: correctly rounded in both
         for i in range(gl):
             for k in range(m):
-                wt[i, k] = sum_x2[k] + abs(xt[i, k])
-        return
-    sigma2 = work[0]
-    for s in range(m // 8):
-        b = xs[s0 + s]
-        sum_x2 = f32(0.0)
-        for l in range(256):
-            sum_x2 += b[l] * b[l]
-        for j in range(8):
-            sigma2[8 * s + j] = f32(2.0) * sum_x2 / f32(256.0)
-    tile_columns(qw, s0 * 8, gl, qt)
-    for i in range(gl):
-        for k in range(m):
-            wt[i, k] = qt[i, k] * np.sqrt(sigma2[k] + xt[i, k] * xt[i, k])
-    sum_lanes(wt, sw)
+                wt[i, k] = av_x[k] + abs(xt[i, k])
 
 
 @njit(**JIT)
 def _quantize(x, qw, weighted, out, kind):
-    rows, n = x.shape
-    nb = n // 256
-    ts = out.shape[1] // nb  # a super-block's bytes, from the caller's out
-    norm2 = 0.0
-    for r in range(rows):  # NaN/Inf first: nothing is written for a matrix the caller refuses
-        n2 = block_norm2(x[r])
-        if not np.isfinite(n2):
-            return 0.0, 0.0, first_bad(x, r)
-        norm2 += n2
-    nsb = rows * nb
-    xs = x.reshape((nsb, 256))
-    os = out.reshape((nsb, ts))
-    flat = x.reshape(-1)
+    norm2, bad = scan(x)
+    nsb = x.shape[0] * (x.shape[1] // 256)
+    if bad >= 0 or nsb == 0:
+        return 0.0, norm2, bad
+    xs, os, flat = x.reshape((nsb, 256)), out.reshape((nsb, out.size // nsb)), x.reshape(-1)
     gl = 16 if kind == Q6_K else 32
     gpb = 256 // gl
     L = np.empty(256, np.float32)
     back = np.empty(256, np.float32)
     lsm = np.empty((2, 16), np.int64)
     sc = np.empty(16, np.int64)
-    m = 0
-    xt = qt = wt = Lt = Laux = res = work = np.empty((0, 0), np.float32)
-    sw = np.empty(0, np.float32)
+    m = TILE * gpb
+    xt, qt, wt, Lt, Laux, res, work, sw = tile_scratch(gl, m)
     err2 = 0.0
     for s0 in range(0, nsb, TILE):
         s1 = min(s0 + TILE, nsb)
-        if (s1 - s0) * gpb != m:  # the first tile, and a short last one
+        if (s1 - s0) * gpb != m:  # a short last tile
             m = (s1 - s0) * gpb
-            xt, qt, wt, Lt, Laux = (np.empty((gl, m), np.float32), np.empty((gl, m), np.float32),
-                                    np.empty((gl, m), np.float32), np.empty((gl, m), np.float32),
-                                    np.empty((gl, m), np.float32))
-            res = np.empty((2, m), np.float32)
-            work = np.empty((LANE_ROWS, m), np.float32)
-            sw = np.empty(m, np.float32)
+            xt, qt, wt, Lt, Laux, res, work, sw = tile_scratch(gl, m)
         tile_columns(flat, s0 * gpb, gl, xt)
-        _weights(xs, qw, weighted, kind, s0, nb, xt, qt, wt, sw, work)
+        _weights(xs, qw, weighted, kind, s0, xt, qt, wt, sw, work)
         if kind == Q6_K:
             make_qx_lanes(xt, wt, Lt, res[0], work, 32)
         elif weighted:
@@ -252,9 +277,7 @@ def _quantize(x, qw, weighted, out, kind):
             make_qkx_lanes(xt, wt, Lt, Laux, res, work, _NMAX[kind], rmin, f32(0.1), nstep, False)
         for s in range(s0, s1):
             kb = (s - s0) * gpb
-            for j in range(gpb):
-                for i in range(gl):
-                    L[gl * j + i] = Lt[i, kb + j]
+            group_quants(Lt, kb, L)
             b, o = xs[s], os[s]
             if kind == Q6_K:
                 err2 += _q6(b, o, L, res[0, kb:kb + 16], sc, back)

@@ -15,6 +15,10 @@ are libggml's.
 Both then requantize every value against the stored scales, as the C does. ggml_quantize_chunk takes the _ref
 path for the whole chunk when no importance is given, the _impl path row by row otherwise.
 
+As in kquants.py, the group searches run on tiles of TILE super-blocks (128 groups side by side, search.py's lane
+forms; Q3_K's impl search over each super-block's 16 group scales too, one lane per super-block), and each
+super-block is finished alone.
+
 Unweighted kernels: legacy.py's contract (x float32 [n_blocks, 256], out uint8 [n_blocks, type_size]); weighted
 ones (<name>_w): (x float32 [rows, n], qw float32 [n], out uint8 [rows, n / 256 * type_size]).
 """
@@ -22,10 +26,13 @@ import numpy as np
 from numba import njit
 
 from .cfloat import JIT, f32, int8, nearest_int, put_fp16
-from .legacy import SIGNATURE, SIGNATURE_W, block_err2, block_norm2, first_bad
-from .search import make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants
+from .kquants import TILE, group_quants, impl_weights, scan, tile_scratch
+from .legacy import SIGNATURE, SIGNATURE_W, block_err2
+from .search import (LANE_ROWS, make_q3_lanes, make_qkx_lanes, make_qp_quants, make_qx_lanes, near_clamp,
+                     tile_columns)
 
 QK_K = 256
+Q2_K, Q3_K = range(2)
 
 
 @njit(**JIT)
@@ -34,10 +41,50 @@ def _pack_2bit(L, o, k):
     for h in range(2):
         for l in range(32):
             j = 128 * h + l
-            o[k + 32 * h + l] = L[j] | (L[j + 32] << 2) | (L[j + 64] << 4) | (L[j + 96] << 6)
+            o[k + 32 * h + l] = (np.int32(L[j]) | (np.int32(L[j + 32]) << 2) | (np.int32(L[j + 64]) << 4)
+                                 | (np.int32(L[j + 96]) << 6))
 
 
 # ---- Q2_K -------------------------------------------------------------------------------------------------------
+
+@njit(**JIT)
+def _q2_ref_scales(o, scales, mins):
+    """quantize_row_q2_K_ref's 4-bit scales and mins, each at 15 / their max, into o[0:16]: returns the float32s
+    its d and dmin read back as."""
+    max_scale = max_min = f32(0.0)
+    for j in range(16):
+        if scales[j] > max_scale:
+            max_scale = scales[j]
+        if mins[j] > max_min:
+            max_min = mins[j]
+    if max_scale > f32(0.0):
+        iscale = f32(15.0) / max_scale
+        for j in range(16):
+            o[j] = nearest_int(iscale * scales[j]) & 0xFF  # (uint8_t) of the int
+        d = put_fp16(o, 80, max_scale / f32(15.0))
+    else:
+        o[:16] = 0
+        d = put_fp16(o, 80, f32(0.0))
+    if max_min > f32(0.0):
+        iscale = f32(15.0) / max_min
+        for j in range(16):
+            o[j] = (np.int64(o[j]) | (nearest_int(iscale * mins[j]) << 4)) & 0xFF
+        dmin = put_fp16(o, 82, max_min / f32(15.0))
+    else:
+        dmin = put_fp16(o, 82, f32(0.0))
+    return d, dmin
+
+
+@njit(**JIT)
+def _q2_impl_scales(o, scales, mins, sw, Ls, Lm):
+    """quantize_row_q2_K_impl's: make_qp_quants over the scales and over the mins, weighted by the groups' sums of
+    weights sw."""
+    d = put_fp16(o, 80, make_qp_quants(16, 15, scales, Ls, sw))
+    dmin = put_fp16(o, 82, make_qp_quants(16, 15, mins, Lm, sw))
+    for j in range(16):
+        o[j] = (Ls[j] | (Lm[j] << 4)) & 0xFF
+    return d, dmin
+
 
 @njit(**JIT)
 def _q2_finish(b, o, L, d, dmin, back):
@@ -50,101 +97,11 @@ def _q2_finish(b, o, L, d, dmin, back):
         mj = dmin * f32(sc >> 4)
         if dj != f32(0.0):  # C's `if (!d) continue`: NaN requantizes
             for k in range(16 * j, 16 * j + 16):
-                L[k] = max(0, min(3, nearest_int((b[k] + mj) / dj)))
+                L[k] = near_clamp((b[k] + mj) / dj, 0, 3)
         for k in range(16 * j, 16 * j + 16):
-            back[k] = dj * f32(L[k]) - mj
+            back[k] = dj * L[k] - mj
     _pack_2bit(L, o, 16)
     return block_err2(back, b)
-
-
-@njit(SIGNATURE, **JIT)
-def q2_k(x, out):
-    L = np.empty(QK_K, np.int64)
-    Laux = np.empty(16, np.int64)
-    w = np.empty(16, np.float32)
-    scales = np.empty(16, np.float32)
-    mins = np.empty(16, np.float32)
-    back = np.empty(QK_K, np.float32)
-    err2 = norm2 = 0.0
-    for i in range(x.shape[0]):
-        b, o = x[i], out[i]
-        n2 = block_norm2(b)
-        if not np.isfinite(n2):
-            return err2, norm2, first_bad(x, i)
-        norm2 += n2
-        max_scale = max_min = f32(0.0)
-        for j in range(16):
-            g = b[16 * j:16 * j + 16]
-            for l in range(16):
-                w[l] = abs(g[l])
-            scales[j], mins[j] = make_qkx_quants(g, w, L[16 * j:16 * j + 16], Laux, 3, f32(-0.5), f32(0.1), 15,
-                                                 True)
-            if scales[j] > max_scale:
-                max_scale = scales[j]
-            if mins[j] > max_min:
-                max_min = mins[j]
-        if max_scale > f32(0.0):
-            iscale = f32(15.0) / max_scale
-            for j in range(16):
-                o[j] = nearest_int(iscale * scales[j]) & 0xFF  # (uint8_t) of the int
-            d = put_fp16(o, 80, max_scale / f32(15.0))
-        else:
-            o[:16] = 0
-            d = put_fp16(o, 80, f32(0.0))
-        if max_min > f32(0.0):
-            iscale = f32(15.0) / max_min
-            for j in range(16):
-                o[j] = (np.int64(o[j]) | (nearest_int(iscale * mins[j]) << 4)) & 0xFF
-            dmin = put_fp16(o, 82, max_min / f32(15.0))
-        else:
-            dmin = put_fp16(o, 82, f32(0.0))
-        err2 += _q2_finish(b, o, L, d, dmin, back)
-    return err2, norm2, -1
-
-
-@njit(SIGNATURE_W, **JIT)
-def q2_k_w(x, qw, out):
-    n = x.shape[1]
-    ts = out.shape[1] // (n // QK_K)
-    L = np.empty(QK_K, np.int64)
-    Laux = np.empty(16, np.int64)
-    Ls = np.empty(16, np.int64)
-    Lm = np.empty(16, np.int64)
-    w = np.empty(16, np.float32)
-    sw = np.empty(16, np.float32)
-    scales = np.empty(16, np.float32)
-    mins = np.empty(16, np.float32)
-    back = np.empty(QK_K, np.float32)
-    err2 = norm2 = 0.0
-    for r in range(x.shape[0]):
-        row = x[r]
-        n2 = block_norm2(row)
-        if not np.isfinite(n2):
-            return err2, norm2, first_bad(x, r)
-        norm2 += n2
-        for ib in range(n // QK_K):
-            b = row[QK_K * ib:QK_K * ib + QK_K]
-            q = qw[QK_K * ib:QK_K * ib + QK_K]
-            o = out[r, ts * ib:ts * ib + ts]
-            sumx2 = f32(0.0)
-            for j in range(QK_K):
-                sumx2 += b[j] * b[j]
-            sigma2 = sumx2 / f32(QK_K)
-            for j in range(16):
-                g = b[16 * j:16 * j + 16]
-                s = f32(0.0)
-                for l in range(16):
-                    w[l] = q[16 * j + l] * np.sqrt(sigma2 + g[l] * g[l])  # sqrtf: correctly rounded in both
-                    s += w[l]
-                sw[j] = s
-                scales[j], mins[j] = make_qkx_quants(g, w, L[16 * j:16 * j + 16], Laux, 3, f32(-0.9), f32(0.05),
-                                                     36, False)
-            d = put_fp16(o, 80, make_qp_quants(16, 15, scales, Ls, sw))
-            dmin = put_fp16(o, 82, make_qp_quants(16, 15, mins, Lm, sw))
-            for j in range(16):
-                o[j] = (Ls[j] | (Lm[j] << 4)) & 0xFF
-            err2 += _q2_finish(b, o, L, d, dmin, back)
-    return err2, norm2, -1
 
 
 # ---- Q3_K -------------------------------------------------------------------------------------------------------
@@ -160,6 +117,24 @@ def _q3_put_scale(o, j, l):
 
 
 @njit(**JIT)
+def _q3_ref_scales(o, scales):
+    """quantize_row_q3_K_ref's 6-bit scales at -32 / the largest |scale|'s: returns the float32 d reads back as."""
+    max_scale = amax = f32(0.0)
+    for j in range(16):
+        if abs(scales[j]) > amax:
+            amax = abs(scales[j])
+            max_scale = scales[j]
+    o[96:108] = 0
+    if max_scale == f32(0.0):
+        return put_fp16(o, 108, f32(0.0))
+    iscale = f32(-32.0) / max_scale
+    for j in range(16):
+        l = int8(nearest_int(iscale * scales[j]))  # int8_t l = nearest_int(...), then clamped
+        _q3_put_scale(o, j, max(-32, min(31, l)) + 32)
+    return put_fp16(o, 108, f32(1.0) / iscale)
+
+
+@njit(**JIT)
 def _q3_finish(b, o, L, d, back):
     """Requantize each group whose d * (scale - 32) is not zero (a zero one keeps the search's quants), split the
     quants into hmask (bit j / 32 of byte j % 32: quant j > 3) and 2-bit qs, and return the float64 squared error
@@ -170,86 +145,101 @@ def _q3_finish(b, o, L, d, back):
         dj = d * f32(sc)
         if dj != f32(0.0):  # C's `if (!d) continue`: NaN requantizes
             for k in range(16 * j, 16 * j + 16):
-                L[k] = max(-4, min(3, nearest_int(b[k] / dj))) + 4
+                L[k] = near_clamp(b[k] / dj, -4, 3) + f32(4.0)
         for k in range(16 * j, 16 * j + 16):
-            back[k] = dj * f32(L[k] - 4)
+            back[k] = dj * (L[k] - f32(4.0))
     o[:32] = 0
     for j in range(QK_K):
-        if L[j] > 3:
+        if L[j] > f32(3.0):
             o[j % 32] |= 1 << (j // 32)
-            L[j] -= 4
+            L[j] -= f32(4.0)
     _pack_2bit(L, o, 32)
     return block_err2(back, b)
 
 
+# ---- The driver: tiles of super-blocks ---------------------------------------------------------------------------
+
+@njit(**JIT)
+def _quantize(x, qw, weighted, out, kind):
+    norm2, bad = scan(x)
+    nsb = x.shape[0] * (x.shape[1] // QK_K)
+    if bad >= 0 or nsb == 0:
+        return 0.0, norm2, bad
+    xs, os, flat = x.reshape((nsb, QK_K)), out.reshape((nsb, out.size // nsb)), x.reshape(-1)
+    L = np.empty(QK_K, np.float32)
+    back = np.empty(QK_K, np.float32)
+    Ls = np.empty(16, np.int64)
+    Lm = np.empty(16, np.int64)
+    m = TILE * 16
+    xt, qt, wt, Lt, Laux, res, work, sw = tile_scratch(16, m)
+    st, swt, Lst, dres, swork = tile_scratch(16, TILE)[:5]  # Q3_K impl: the super-blocks' group scales as lanes
+    err2 = 0.0
+    for s0 in range(0, nsb, TILE):
+        s1 = min(s0 + TILE, nsb)
+        if (s1 - s0) * 16 != m:  # a short last tile
+            m = (s1 - s0) * 16
+            xt, qt, wt, Lt, Laux, res, work, sw = tile_scratch(16, m)
+            st, swt, Lst, dres, swork = tile_scratch(16, s1 - s0)[:5]
+        tile_columns(flat, s0 * 16, 16, xt)
+        if weighted:
+            impl_weights(xs, qw, s0, xt, qt, wt, sw, work[0], kind == Q3_K)
+        if kind == Q2_K:
+            if weighted:
+                make_qkx_lanes(xt, wt, Lt, Laux, res, work, 3, f32(-0.9), f32(0.05), 36, False)
+            else:
+                for i in range(16):
+                    for k in range(m):
+                        wt[i, k] = abs(xt[i, k])
+                make_qkx_lanes(xt, wt, Lt, Laux, res, work, 3, f32(-0.5), f32(0.1), 15, True)
+        elif weighted:
+            make_qx_lanes(xt, wt, Lt, res[0], work, 4)
+            for s in range(s1 - s0):  # d_block = make_qx_quants(16, 32, scales, Ls, sw): lane s, super-block s0 + s
+                for j in range(16):
+                    st[j, s] = res[0, 16 * s + j]
+                    swt[j, s] = sw[16 * s + j]
+            make_qx_lanes(st, swt, Lst, dres[0], swork, 32)
+        else:
+            make_q3_lanes(xt, Lt, Laux, res[0], work, 4)
+        for s in range(s0, s1):
+            kb = (s - s0) * 16
+            group_quants(Lt, kb, L)
+            b, o = xs[s], os[s]
+            if kind == Q2_K:
+                if weighted:
+                    d, dmin = _q2_impl_scales(o, res[0, kb:kb + 16], res[1, kb:kb + 16], sw[kb:kb + 16], Ls, Lm)
+                else:
+                    d, dmin = _q2_ref_scales(o, res[0, kb:kb + 16], res[1, kb:kb + 16])
+                err2 += _q2_finish(b, o, L, d, dmin, back)
+                continue
+            if weighted:
+                o[96:108] = 0
+                for j in range(16):
+                    _q3_put_scale(o, j, np.int64(Lst[j, s - s0]))
+                d = put_fp16(o, 108, dres[0, s - s0])
+            else:
+                d = _q3_ref_scales(o, res[0, kb:kb + 16])
+            err2 += _q3_finish(b, o, L, d, back)
+    return err2, norm2, -1
+
+
+_NONE = np.empty(0, np.float32)
+
+
+@njit(SIGNATURE, **JIT)
+def q2_k(x, out):
+    return _quantize(x, _NONE, False, out, Q2_K)
+
+
 @njit(SIGNATURE, **JIT)
 def q3_k(x, out):
-    L = np.empty(QK_K, np.int64)
-    scales = np.empty(16, np.float32)
-    back = np.empty(QK_K, np.float32)
-    err2 = norm2 = 0.0
-    for i in range(x.shape[0]):
-        b, o = x[i], out[i]
-        n2 = block_norm2(b)
-        if not np.isfinite(n2):
-            return err2, norm2, first_bad(x, i)
-        norm2 += n2
-        max_scale = amax = f32(0.0)
-        for j in range(16):
-            scales[j] = make_q3_quants(b[16 * j:16 * j + 16], L[16 * j:16 * j + 16], 4)
-            if abs(scales[j]) > amax:
-                amax = abs(scales[j])
-                max_scale = scales[j]
-        o[96:108] = 0
-        if max_scale != f32(0.0):
-            iscale = f32(-32.0) / max_scale
-            for j in range(16):
-                l = int8(nearest_int(iscale * scales[j]))  # int8_t l = nearest_int(...), then clamped
-                _q3_put_scale(o, j, max(-32, min(31, l)) + 32)
-            d = put_fp16(o, 108, f32(1.0) / iscale)
-        else:
-            d = put_fp16(o, 108, f32(0.0))
-        err2 += _q3_finish(b, o, L, d, back)
-    return err2, norm2, -1
+    return _quantize(x, _NONE, False, out, Q3_K)
+
+
+@njit(SIGNATURE_W, **JIT)
+def q2_k_w(x, qw, out):
+    return _quantize(x, qw, True, out, Q2_K)
 
 
 @njit(SIGNATURE_W, **JIT)
 def q3_k_w(x, qw, out):
-    n = x.shape[1]
-    ts = out.shape[1] // (n // QK_K)
-    L = np.empty(QK_K, np.int64)
-    Ls = np.empty(16, np.int64)
-    w = np.empty(16, np.float32)
-    sw = np.empty(16, np.float32)
-    scales = np.empty(16, np.float32)
-    back = np.empty(QK_K, np.float32)
-    err2 = norm2 = 0.0
-    for r in range(x.shape[0]):
-        row = x[r]
-        n2 = block_norm2(row)
-        if not np.isfinite(n2):
-            return err2, norm2, first_bad(x, r)
-        norm2 += n2
-        for ib in range(n // QK_K):
-            b = row[QK_K * ib:QK_K * ib + QK_K]
-            q = qw[QK_K * ib:QK_K * ib + QK_K]
-            o = out[r, ts * ib:ts * ib + ts]
-            sumx2 = f32(0.0)
-            for j in range(QK_K):
-                sumx2 += b[j] * b[j]
-            sigma2 = f32(2.0) * sumx2 / f32(QK_K)
-            for j in range(16):
-                g = b[16 * j:16 * j + 16]
-                s = f32(0.0)
-                for l in range(16):
-                    w[l] = q[16 * j + l] * np.sqrt(sigma2 + g[l] * g[l])  # sqrtf: correctly rounded in both
-                    s += w[l]
-                sw[j] = s
-                scales[j] = make_qx_quants(g, w, L[16 * j:16 * j + 16], 4)
-            o[96:108] = 0
-            d_block = make_qx_quants(scales, sw, Ls, 32)
-            for j in range(16):
-                _q3_put_scale(o, j, Ls[j])
-            d = put_fp16(o, 108, d_block)
-            err2 += _q3_finish(b, o, L, d, back)
-    return err2, norm2, -1
+    return _quantize(x, qw, True, out, Q3_K)

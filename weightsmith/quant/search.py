@@ -249,6 +249,11 @@ def make_q3_quants(x, L, nmax):
 
 
 # ---- The lane forms -------------------------------------------------------------------------------------------
+# Every select is between values already loaded (a value loaded only in the else branch becomes a masked load), and
+# what a lane keeps from step to step is written beside its old value, never over it: a select stored back where
+# its old value was read compiles to a masked store, and AVX2's masked loads and stores cost some ten cycles each
+# on Zen 3 (measured: the Q3_K refinement ran 2x slower with them). So the state rows come in pairs, cur and nxt,
+# swapped after each step (`_swap`), and the refinement passes alternate two tiles of quants.
 
 @intrinsic
 def near_clamp(typingctx, v, lo, hi):
@@ -265,12 +270,12 @@ def near_clamp(typingctx, v, lo, hi):
     return types.float32(types.float32, types.int64, types.int64), codegen
 
 
+LANE_ROWS = 32  # rows of per-lane state the lane searches use in `work` [LANE_ROWS, lanes]
+
+
 def lane_work(lanes: int):
-    """Scratch rows for the lane searches (numba callers: np.empty((LANE_ROWS, lanes), np.float32))."""
+    """Scratch for the lane searches (numba callers: np.empty((LANE_ROWS, lanes), np.float32))."""
     return np.empty((LANE_ROWS, lanes), np.float32)
-
-
-LANE_ROWS = 16  # per-lane state rows the lane searches use in `work`
 
 
 @njit(**JIT)
@@ -287,47 +292,67 @@ def _qx_sums(xt, wt, iscale, slx, sl2, nmax):
 
 
 @njit(**JIT)
-def _signed_amax(xt, mx, amax):
-    """Each lane's largest |x| and the x it came from (the first one of ties)."""
-    n, m = xt.shape
-    for k in range(m):
-        mx[k] = amax[k] = f32(0.0)
-    for i in range(n):
-        for k in range(m):
-            v = xt[i, k]
-            bigger = abs(v) > amax[k]
-            amax[k] = abs(v) if bigger else amax[k]
-            mx[k] = v if bigger else mx[k]
+def _amax_step(xt, i, cur, nxt):
+    """Value i of each lane into its running (x of largest |x|, largest |x|) in rows 0, 1: a strictly larger |x|
+    replaces them (the first one of ties stays)."""
+    for k in range(xt.shape[1]):
+        v, mx, amax = xt[i, k], cur[0, k], cur[1, k]
+        bigger = abs(v) > amax
+        nxt[0, k] = v if bigger else mx
+        nxt[1, k] = abs(v) if bigger else amax
+
+
+@njit(**JIT)
+def _signed_amax(xt, pair):
+    """Each lane's largest |x| and the x it came from, in pair[0] rows 0, 1 (pair [2, 2, lanes]; pair[1] scratch)."""
+    pair[0, :2] = f32(0.0)
+    for i in range(xt.shape[0]):
+        _amax_step(xt, i, pair[i % 2], pair[1 - i % 2])
+    if xt.shape[0] % 2:
+        pair[0, :2] = pair[1, :2]
+
+
+@njit(**JIT)
+def _swap(pair, now):
+    """pair[now] is a step's state, pair[1 - now] its successor's."""
+    return pair[now], pair[1 - now]
 
 
 @njit(**JIT)
 def make_qx_lanes(xt, wt, Lt, out, work, nmax):
     """make_qx_quants on each column of xt (weights wt): Lt the quants offset by nmax, out[k] the scale."""
     n, m = xt.shape
-    mx, amax, iscale, slx, sl2, scale, best, bis = (work[0], work[1], work[2], work[3], work[4], work[5],
-                                                    work[6], work[7])
-    _signed_amax(xt, mx, amax)
+    amaxes = work[0:4].reshape((2, 2, m))
+    _signed_amax(xt, amaxes)
+    mx, amax = work[0], work[1]
+    iscale, slx, sl2 = work[4], work[5], work[6]
+    state = work[8:14].reshape((2, 3, m))  # per lane: the winner's iscale, its scale, its sumlx * scale
     for k in range(m):
         iscale[k] = f32(-nmax) / mx[k]
     _qx_sums(xt, wt, iscale, slx, sl2, nmax)
     for k in range(m):
-        scale[k] = slx[k] / sl2[k] if sl2[k] != f32(0.0) else f32(0.0)  # C's `suml2 ?`: NaN counts as true
-        best[k] = scale[k] * slx[k]
-        bis[k] = iscale[k]
+        scale = slx[k] / sl2[k] if sl2[k] != f32(0.0) else f32(0.0)  # C's `suml2 ?`: NaN counts as true
+        state[0, 0, k], state[0, 1, k], state[0, 2, k] = iscale[k], scale, scale * slx[k]
+    now = 0
     for step in range(-9, 10):
         if step == 0:
             continue
         for k in range(m):
             iscale[k] = -(f32(nmax) + f32(0.1) * f32(step)) / mx[k]
         _qx_sums(xt, wt, iscale, slx, sl2, nmax)
+        cur, nxt = _swap(state, now)
         for k in range(m):
-            win = (sl2[k] > f32(0.0)) & (slx[k] * slx[k] > best[k] * sl2[k])
-            s = slx[k] / sl2[k]
-            bis[k] = iscale[k] if win else bis[k]
-            scale[k] = s if win else scale[k]
-            best[k] = s * slx[k] if win else best[k]
+            a, b, bis, scale, best = slx[k], sl2[k], cur[0, k], cur[1, k], cur[2, k]
+            win = (b > f32(0.0)) & (a * a > best * b)
+            s = a / b
+            nxt[0, k] = iscale[k] if win else bis
+            nxt[1, k] = s if win else scale
+            nxt[2, k] = s * a if win else best
+        now = 1 - now
+    bis, scale = state[now, 0], state[now, 1]
     for k in range(m):
-        out[k] = f32(0.0) if amax[k] < GROUP_MAX_EPS else scale[k]
+        sc = scale[k]
+        out[k] = f32(0.0) if amax[k] < GROUP_MAX_EPS else sc
     for i in range(n):
         for k in range(m):
             l = near_clamp(bis[k] * xt[i, k], -nmax, nmax - 1) + f32(nmax)
@@ -335,39 +360,56 @@ def make_qx_lanes(xt, wt, Lt, out, work, nmax):
 
 
 @njit(**JIT)
+def _range_step(xt, i, cur, nxt):
+    """Value i of each lane into its running min and max (rows 0, 1), replaced only by a strictly smaller / larger
+    value as the C's `if (x[i] < min) min = x[i]` does (it tells -0 from 0)."""
+    for k in range(xt.shape[1]):
+        v, lo, hi = xt[i, k], cur[0, k], cur[1, k]
+        nxt[0, k] = v if v < lo else lo
+        nxt[1, k] = v if v > hi else hi
+
+
+@njit(**JIT)
 def make_qkx_lanes(xt, wt, Lt, Laux, out, work, nmax, rmin, rdelta, nstep, use_mad):
     """make_qkx_quants on each column of xt (weights wt): Lt the quants, out[0, k] the scale, out[1, k] the_min
     (-min). Laux [n, lanes]: scratch for each candidate's quants."""
     n, m = xt.shape
-    lo, hi, sum_w, sum_x, best, scale, iscale, sl, sl2, sxl, bis, blo, cs, cm, ok, flat = (
-        work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7], work[8], work[9], work[10],
-        work[11], work[12], work[13], work[14], work[15])
+    ranges = work[0:4].reshape((2, 2, m))
+    sum_w, sum_x, hi, flat, iscale, sl, sl2, sxl, cs, cm, ok = (work[4], work[5], work[6], work[7], work[8],
+                                                               work[9], work[10], work[11], work[12], work[13],
+                                                               work[14])
+    state = work[15:25].reshape((2, 5, m))  # per lane: its min so far, the winner's iscale, min, error, scale
     for k in range(m):
-        lo[k] = hi[k] = xt[0, k]
+        ranges[0, 0, k] = ranges[0, 1, k] = xt[0, k]
         sum_w[k] = wt[0, k]
         sum_x[k] = sum_w[k] * xt[0, k]
     for i in range(1, n):
+        _range_step(xt, i, ranges[(i - 1) % 2], ranges[i % 2])
         for k in range(m):
-            v = xt[i, k]
-            lo[k] = v if v < lo[k] else lo[k]
-            hi[k] = v if v > hi[k] else hi[k]
             sum_w[k] += wt[i, k]
-            sum_x[k] += wt[i, k] * v
+            sum_x[k] += wt[i, k] * xt[i, k]
+    lo0, hi0 = ranges[(n - 1) % 2, 0], ranges[(n - 1) % 2, 1]
     fmax = f32(nmax)
+    lo = state[0, 0]
     for k in range(m):
-        lo[k] = f32(0.0) if lo[k] > f32(0.0) else lo[k]
-        flat[k] = f32(1.0) if hi[k] == lo[k] else f32(0.0)  # the C returns here: no quants, no scale
-        iscale[k] = fmax / (hi[k] - lo[k])
-        scale[k] = f32(1.0) / iscale[k]
-        best[k] = f32(0.0)
-        bis[k] = iscale[k]
-        blo[k] = lo[k]
+        v, h = lo0[k], hi0[k]
+        lo[k] = f32(0.0) if v > f32(0.0) else v
+        hi[k] = h
+        flat[k] = f32(1.0) if h == lo[k] else f32(0.0)  # the C returns here: no quants, no scale
+        iscale[k] = fmax / (h - lo[k])
+        cs[k] = f32(1.0) / iscale[k]  # the first guess's scale
+        sl[k] = f32(0.0)
     for i in range(n):
         for k in range(m):
-            diff = scale[k] * near_clamp(iscale[k] * (xt[i, k] - lo[k]), 0, nmax) + lo[k] - xt[i, k]
-            best[k] += wt[i, k] * (abs(diff) if use_mad else diff * diff)
+            diff = cs[k] * near_clamp(iscale[k] * (xt[i, k] - lo[k]), 0, nmax) + lo[k] - xt[i, k]
+            sl[k] += wt[i, k] * (abs(diff) if use_mad else diff * diff)
+    for k in range(m):
+        state[0, 1, k], state[0, 2, k], state[0, 3, k], state[0, 4, k] = iscale[k], lo[k], sl[k], cs[k]
+    now = 0
     for step in range(nstep + 1 if nstep >= 1 else 0):
         # lo is each lane's best min so far: ggml updates it when a candidate wins, later candidates start from it
+        cur, nxt = _swap(state, now)
+        lo = cur[0]
         for k in range(m):
             iscale[k] = (rmin + rdelta * f32(step) + fmax) / (hi[k] - lo[k])
             sl[k] = sl2[k] = sxl[k] = f32(0.0)
@@ -379,11 +421,12 @@ def make_qkx_lanes(xt, wt, Lt, Laux, out, work, nmax, rmin, rdelta, nstep, use_m
                 sl2[k] += wt[i, k] * l * l
                 sxl[k] += wt[i, k] * l * xt[i, k]
         for k in range(m):
-            D = sum_w[k] * sl2[k] - sl[k] * sl[k]
-            this_scale = (sum_w[k] * sxl[k] - sum_x[k] * sl[k]) / D
-            this_min = (sl2[k] * sum_x[k] - sl[k] * sxl[k]) / D
+            a, b, c, w, x = sl[k], sl2[k], sxl[k], sum_w[k], sum_x[k]
+            D = w * b - a * a
+            this_scale = (w * c - x * a) / D
+            this_min = (b * x - a * c) / D
             clamped = this_min > f32(0.0)
-            cs[k] = sxl[k] / sl2[k] if clamped else this_scale
+            cs[k] = c / b if clamped else this_scale
             cm[k] = f32(0.0) if clamped else this_min
             ok[k] = f32(1.0) if D > f32(0.0) else f32(0.0)  # the C looks at the candidate only then
             sl[k] = f32(0.0)  # its error
@@ -392,15 +435,19 @@ def make_qkx_lanes(xt, wt, Lt, Laux, out, work, nmax, rmin, rdelta, nstep, use_m
                 diff = cs[k] * Laux[i, k] + cm[k] - xt[i, k]
                 sl[k] += wt[i, k] * (abs(diff) if use_mad else diff * diff)
         for k in range(m):
-            win = (ok[k] != f32(0.0)) & (sl[k] < best[k])
-            bis[k] = iscale[k] if win else bis[k]
-            blo[k] = lo[k] if win else blo[k]
-            best[k] = sl[k] if win else best[k]
-            scale[k] = cs[k] if win else scale[k]
-            lo[k] = cm[k] if win else lo[k]
+            err, cur_lo, bis, blo, best, sc = sl[k], lo[k], cur[1, k], cur[2, k], cur[3, k], cur[4, k]
+            win = (ok[k] != f32(0.0)) & (err < best)
+            nxt[0, k] = cm[k] if win else cur_lo
+            nxt[1, k] = iscale[k] if win else bis
+            nxt[2, k] = cur_lo if win else blo
+            nxt[3, k] = err if win else best
+            nxt[4, k] = cs[k] if win else sc
+        now = 1 - now
+    lo, bis, blo, scale = state[now, 0], state[now, 1], state[now, 2], state[now, 4]
     for k in range(m):
-        out[0, k] = f32(0.0) if flat[k] != f32(0.0) else scale[k]
-        out[1, k] = -hi[k] if flat[k] != f32(0.0) else -lo[k]  # a flat lane's min is its max
+        is_flat, sc, h, mn = flat[k] != f32(0.0), scale[k], hi[k], lo[k]
+        out[0, k] = f32(0.0) if is_flat else sc
+        out[1, k] = -h if is_flat else -mn  # a flat lane's min is its max
     for i in range(n):
         for k in range(m):
             l = near_clamp(bis[k] * (xt[i, k] - blo[k]), 0, nmax)
@@ -408,13 +455,36 @@ def make_qkx_lanes(xt, wt, Lt, Laux, out, work, nmax, rmin, rdelta, nstep, use_m
 
 
 @njit(**JIT)
-def make_q3_lanes(xt, Lt, out, work, nmax):
-    """make_q3_quants on each column of xt: Lt the quants offset by nmax, out[k] the scale. A lane runs all 5
-    refinement passes where the C stops after one that changes nothing: such a pass leaves the lane as it was,
-    so the next ones do the same."""
+def _q3_move(xt, i, L_in, L_out, cur, nxt, changed, nmax):
+    """One refinement move of make_q3_quants on value i of each lane: the quant the least-squares scale asks for,
+    taken when it raises sum(w x l)^2 / sum(w l^2); the lane's sums (rows 0, 1) go from cur to nxt."""
+    for k in range(xt.shape[1]):
+        v, fl, sumlx, suml2 = xt[i, k], L_in[i, k], cur[0, k], cur[1, k]
+        w = v * v
+        slx = sumlx - w * v * fl
+        sl2 = suml2 - w * fl * fl
+        new_l = near_clamp(v * sl2 / slx, -nmax, nmax - 1)
+        t1 = slx + w * v * new_l
+        t2 = sl2 + w * new_l * new_l
+        take = (slx > f32(0.0)) & (new_l != fl) & (t2 > f32(0.0)) & (t1 * t1 * suml2 > sumlx * sumlx * t2)
+        L_out[i, k] = new_l if take else fl
+        nxt[0, k] = t1 if take else sumlx
+        nxt[1, k] = t2 if take else suml2
+        changed[k] = changed[k] + (f32(1.0) if take else f32(0.0))
+
+
+@njit(**JIT)
+def make_q3_lanes(xt, Lt, Laux, out, work, nmax):
+    """make_q3_quants on each column of xt: Lt the quants offset by nmax, out[k] the scale (Laux: scratch). A lane
+    runs the refinement passes until one changes no lane's quants, or 5, where the C stops after one that changes
+    nothing in its group: such a pass leaves the lane as it was, so the next ones do the same."""
     n, m = xt.shape
-    mx, amax, iscale, slx, sl2 = work[0], work[1], work[2], work[3], work[4]
-    _signed_amax(xt, mx, amax)
+    amaxes = work[0:4].reshape((2, 2, m))
+    _signed_amax(xt, amaxes)
+    mx, amax = work[0], work[1]
+    iscale, changed = work[4], work[5]
+    sums = work[8:12].reshape((2, 2, m))
+    slx, sl2 = sums[0, 0], sums[0, 1]
     for k in range(m):
         iscale[k] = f32(-nmax) / mx[k]
         slx[k] = sl2[k] = f32(0.0)
@@ -426,28 +496,25 @@ def make_q3_lanes(xt, Lt, out, work, nmax):
             w = v * v
             slx[k] += w * v * l
             sl2[k] += w * l * l
+    src, dst = Lt, Laux
+    now = 0
     for itry in range(5):
+        changed[:] = f32(0.0)
         for i in range(n):
-            for k in range(m):
-                v = xt[i, k]
-                w = v * v
-                fl = Lt[i, k]
-                s1 = slx[k] - w * v * fl
-                s2 = sl2[k] - w * fl * fl
-                new_l = near_clamp(v * s2 / s1, -nmax, nmax - 1)
-                t1 = s1 + w * v * new_l
-                t2 = s2 + w * new_l * new_l
-                take = ((s1 > f32(0.0)) & (new_l != fl) & (t2 > f32(0.0))
-                        & (t1 * t1 * sl2[k] > slx[k] * slx[k] * t2))
-                Lt[i, k] = new_l if take else fl
-                slx[k] = t1 if take else slx[k]
-                sl2[k] = t2 if take else sl2[k]
+            _q3_move(xt, i, src, dst, sums[now], sums[1 - now], changed, nmax)
+            now = 1 - now
+        src, dst = dst, src
+        if changed.max() == f32(0.0):
+            break
+    slx, sl2 = sums[now, 0], sums[now, 1]
     for k in range(m):
-        zero = amax[k] < GROUP_MAX_EPS
-        out[k] = f32(0.0) if zero else (slx[k] / sl2[k] if sl2[k] > f32(0.0) else f32(0.0))
+        a, b = slx[k], sl2[k]
+        scale = a / b if b > f32(0.0) else f32(0.0)
+        out[k] = f32(0.0) if amax[k] < GROUP_MAX_EPS else scale
     for i in range(n):
         for k in range(m):
-            Lt[i, k] = f32(0.0) if amax[k] < GROUP_MAX_EPS else Lt[i, k] + f32(nmax)
+            l = src[i, k] + f32(nmax)
+            Lt[i, k] = f32(0.0) if amax[k] < GROUP_MAX_EPS else l
 
 
 @njit(**JIT)
