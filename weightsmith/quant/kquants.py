@@ -12,8 +12,9 @@ which differ in the searches, not only in the weights:
   leaves its sigma2 weighting commented out); the rest is common.
 
 The group searches, nearly all the time, run on a tile of TILE super-blocks at once (search.py's lane forms: the
-tile's 64 or 128 groups side by side); each super-block is then finished alone (its scales' quants, fp16 d,
-requantization against the stored scales, packing).
+tile's 64 or 128 groups side by side); then each super-block's scales are quantized and stored (fp16 d, 6- or
+8-bit group scales), every value of the tile is requantized against them in the same lanes, and each super-block's
+quants are packed.
 
 Unweighted kernels: legacy.py's contract, (x float32 [n_blocks, 256], out uint8 [n_blocks, type_size]) -> (err2,
 norm2, first bad index or -1); weighted ones (<name>_w): (x float32 [rows, n], qw float32 [n], out uint8 [rows,
@@ -24,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from .cfloat import JIT, f32, int8, nearest_int, put_fp16
-from .legacy import SIGNATURE, SIGNATURE_W, block_err2, block_norm2, first_bad
+from .legacy import SIGNATURE, SIGNATURE_W, SUMS, block_norm2, first_bad
 from .search import (GROUP_MAX_EPS, LANE_ROWS, make_qkx_lanes, make_qp_quants, make_qx_lanes, near_clamp,
                      sum_lanes, tile_columns)
 
@@ -77,11 +78,9 @@ def _impl_scales(scales, mins, sw, kind, lsm):
 
 
 @njit(**JIT)
-def _k4(b, o, L, kind, d, dmin, lsm, back):
-    """The half Q4_K and Q5_K share: d, dmin and the 12 packed 6-bit scales/mins at o[0:16], the final quants in
-    L (float32; the search's where a group's scale is zero); returns the float64 squared error of what they
-    dequantize to."""
-    nmax = _NMAX[kind]
+def _k4_scales(o, d, dmin, lsm, dl, ml):
+    """The half Q4_K and Q5_K share: d, dmin and the 12 packed 6-bit scales/mins at o[0:16]; each group's d * scale
+    and dmin * min as dequantize_row_q*_K reads them, into dl[8] and ml[8]."""
     for j in range(8):  # the C's uint8_t stores: an unclamped Q4_K impl quant above 63 spills into its neighbours
         ls, lm = lsm[0, j], lsm[1, j]
         if j < 4:
@@ -95,14 +94,8 @@ def _k4(b, o, L, kind, d, dmin, lsm, back):
     dmin = put_fp16(o, 2, dmin)
     for j in range(8):
         sc, m = _scale_min_k4(o, j)
-        dj = d * f32(sc)
-        mj = dmin * f32(m)
-        if dj != f32(0.0):  # else the group keeps the search's quants
-            for i in range(32 * j, 32 * j + 32):
-                L[i] = near_clamp((b[i] + mj) / dj, 0, nmax)
-        for i in range(32 * j, 32 * j + 32):
-            back[i] = dj * L[i] - mj  # dequantize_row_q*_K's d1 * q - m1
-    return block_err2(back, b)
+        dl[j] = d * f32(sc)
+        ml[j] = dmin * f32(m)
 
 
 @njit(**JIT)
@@ -128,9 +121,9 @@ def _pack_q5(L, o):
 # Bytes: ql[128] qh[64] scales[16] d.
 
 @njit(**JIT)
-def _q6(b, o, L, scales, sc, back):
-    """Finish one Q6_K super-block from its 16 group scales and the searches' quants L (float32, offset by 32);
-    returns the squared error."""
+def _q6_scales(o, scales, sc, dl):
+    """One Q6_K super-block's d and 8-bit group scales from its 16 group scales; each group's d * scale into dl[16].
+    Returns False for a block whose scales are all (nearly) zero: its bytes are zero, and it dequantizes to 0."""
     max_scale = max_abs = f32(0.0)
     for g in range(16):
         if abs(scales[g]) > max_abs:  # a NaN scale (x*x overflowed) never wins
@@ -138,29 +131,28 @@ def _q6(b, o, L, scales, sc, back):
             max_scale = scales[g]
     if max_abs < GROUP_MAX_EPS:
         o[:] = 0  # fp16 zero included
-        return block_norm2(b)  # every value dequantizes to 0
+        dl[:16] = f32(0.0)
+        return False
     iscale = f32(-128.0) / max_scale
     d = put_fp16(o, 208, f32(1.0) / iscale)
     for g in range(16):
         sc[g] = int8(min(127, nearest_int(iscale * scales[g])))
         o[192 + g] = sc[g] & 0xFF
-    for g in range(16):
-        dg = d * f32(sc[g])
-        if dg != f32(0.0):  # else the group keeps make_qx_quants' quants
-            for k in range(16 * g, 16 * g + 16):
-                L[k] = near_clamp(b[k] / dg, -32, 31) + f32(32.0)
-        for k in range(16 * g, 16 * g + 16):
-            back[k] = dg * (L[k] - f32(32.0))  # dequantize_row_q6_K's d * sc * q
+        dl[g] = d * f32(sc[g])
+    return True
+
+
+@njit(**JIT)
+def _pack_q6(L, o):
+    """For each half h of 128, l < 32, quants a..e = L[128h + l + 32m], m = 0..3: ql[64h + l] = a | c << 4,
+    ql[64h + 32 + l] = b | e << 4, qh[32h + l] = the four values' bits 4-5."""
     for h in range(2):
-        # for each half h of 128, l < 32, quants a..e = L[128h + l + 32m], m = 0..3: ql[64h + l] = a | c << 4,
-        # ql[64h + 32 + l] = b | e << 4, qh[32h + l] = the four values' bits 4-5
         for l in range(32):
             a, bb = np.int32(L[128 * h + l]), np.int32(L[128 * h + l + 32])
             c, e = np.int32(L[128 * h + l + 64]), np.int32(L[128 * h + l + 96])
             o[64 * h + l] = (a & 0xF) | ((c & 0xF) << 4)
             o[64 * h + 32 + l] = (bb & 0xF) | ((e & 0xF) << 4)
             o[128 + 32 * h + l] = (a >> 4) | ((bb >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6)
-    return block_err2(back, b)
 
 
 # ---- The driver: tiles of super-blocks ---------------------------------------------------------------------------
@@ -185,6 +177,47 @@ def tile_scratch(gl, m):
     return (np.empty((gl, m), np.float32), np.empty((gl, m), np.float32), np.empty((gl, m), np.float32),
             np.empty((gl, m), np.float32), np.empty((gl, m), np.float32), np.empty((2, m), np.float32),
             np.empty((LANE_ROWS, m), np.float32), np.empty(m, np.float32))
+
+
+@njit(**JIT)
+def requantize_min(xt, Lt, Lq, back, dl, ml, nmax):
+    """The unsigned k-quants' last step in tile form: each value requantized against its group's stored scale and
+    min, l = nearest_int((x + ml) / dl) in [0, nmax] (a group whose dl is zero keeps the search's quants Lt: the
+    C's `if (!d) continue`, which a NaN passes), into Lq; back: what dequantize_row_* reads back, dl * l - ml."""
+    gl, m = xt.shape
+    for i in range(gl):
+        for k in range(m):
+            v, d, mn, old = xt[i, k], dl[k], ml[k], Lt[i, k]
+            l = near_clamp((v + mn) / d, 0, nmax)
+            l = old if d == f32(0.0) else l
+            Lq[i, k] = l
+            back[i, k] = d * l - mn
+
+
+@njit(**JIT)
+def requantize_signed(xt, Lt, Lq, back, dl, nmax):
+    """The same for the signed k-quants: l = nearest_int(x / dl) in [-nmax, nmax - 1], stored offset by nmax;
+    back = dl * (L - nmax)."""
+    gl, m = xt.shape
+    for i in range(gl):
+        for k in range(m):
+            v, d, old = xt[i, k], dl[k], Lt[i, k]
+            l = near_clamp(v / d, -nmax, nmax - 1) + f32(nmax)
+            l = old if d == f32(0.0) else l
+            Lq[i, k] = l
+            back[i, k] = d * (l - f32(nmax))
+
+
+@njit(**SUMS)
+def tile_err2(back, xt):
+    """sum((back - x)^2) over the tile, in float64 (in any order: the figure is the log's error, not bytes)."""
+    gl, m = xt.shape
+    s = 0.0
+    for i in range(gl):
+        for k in range(m):
+            e = np.float64(back[i, k]) - np.float64(xt[i, k])
+            s += e * e
+    return s
 
 
 @njit(**JIT)
@@ -255,9 +288,9 @@ def _quantize(x, qw, weighted, out, kind):
     gl = 16 if kind == Q6_K else 32
     gpb = 256 // gl
     L = np.empty(256, np.float32)
-    back = np.empty(256, np.float32)
     lsm = np.empty((2, 16), np.int64)
     sc = np.empty(16, np.int64)
+    live = np.empty(TILE, np.bool_)
     m = TILE * gpb
     xt, qt, wt, Lt, Laux, res, work, sw = tile_scratch(gl, m)
     err2 = 0.0
@@ -275,22 +308,31 @@ def _quantize(x, qw, weighted, out, kind):
         else:
             rmin, nstep = _REF_SEARCH[kind]
             make_qkx_lanes(xt, wt, Lt, Laux, res, work, _NMAX[kind], rmin, f32(0.1), nstep, False)
-        for s in range(s0, s1):
-            kb = (s - s0) * gpb
-            group_quants(Lt, kb, L)
-            b, o = xs[s], os[s]
+        dl, ml, Lq, back = work[0], work[1], Laux, wt  # the searches' scratch, free again
+        for s in range(s1 - s0):  # each super-block's scales, then every value requantized against them
+            kb, o = s * gpb, os[s0 + s]
             if kind == Q6_K:
-                err2 += _q6(b, o, L, res[0, kb:kb + 16], sc, back)
+                live[s] = _q6_scales(o, res[0, kb:kb + 16], sc, dl[kb:kb + 16])
                 continue
             if weighted:
                 d, dmin = _impl_scales(res[0, kb:kb + 8], res[1, kb:kb + 8], sw[kb:kb + 8], kind, lsm)
             else:
                 d, dmin = _ref_scales(res[0, kb:kb + 8], res[1, kb:kb + 8], lsm)
-            err2 += _k4(b, o, L, kind, d, dmin, lsm, back)
+            _k4_scales(o, d, dmin, lsm, dl[kb:kb + 8], ml[kb:kb + 8])
+        if kind == Q6_K:
+            requantize_signed(xt, Lt, Lq, back, dl, 32)  # a zero block's dl is 0: it reads back as 0
+        else:
+            requantize_min(xt, Lt, Lq, back, dl, ml, _NMAX[kind])
+        err2 += tile_err2(back, xt)
+        for s in range(s1 - s0):
+            group_quants(Lq, s * gpb, L)
+            o = os[s0 + s]
             if kind == Q4_K:
                 _pack_q4(L, o)
-            else:
+            elif kind == Q5_K:
                 _pack_q5(L, o)
+            elif live[s]:
+                _pack_q6(L, o)
     return err2, norm2, -1
 
 

@@ -16,8 +16,9 @@ Both then requantize every value against the stored scales, as the C does. ggml_
 path for the whole chunk when no importance is given, the _impl path row by row otherwise.
 
 As in kquants.py, the group searches run on tiles of TILE super-blocks (128 groups side by side, search.py's lane
-forms; Q3_K's impl search over each super-block's 16 group scales too, one lane per super-block), and each
-super-block is finished alone.
+forms; Q3_K's impl search over each super-block's 16 group scales too, one lane per super-block), and so does the
+requantization against the stored scales; the scales are quantized, and the quants packed, super-block by
+super-block.
 
 Unweighted kernels: legacy.py's contract (x float32 [n_blocks, 256], out uint8 [n_blocks, type_size]); weighted
 ones (<name>_w): (x float32 [rows, n], qw float32 [n], out uint8 [rows, n / 256 * type_size]).
@@ -26,10 +27,10 @@ import numpy as np
 from numba import njit
 
 from .cfloat import JIT, f32, int8, nearest_int, put_fp16
-from .kquants import TILE, group_quants, impl_weights, scan, tile_scratch
-from .legacy import SIGNATURE, SIGNATURE_W, block_err2
-from .search import (LANE_ROWS, make_q3_lanes, make_qkx_lanes, make_qp_quants, make_qx_lanes, near_clamp,
-                     tile_columns)
+from .kquants import (TILE, group_quants, impl_weights, requantize_min, requantize_signed, scan, tile_err2,
+                      tile_scratch)
+from .legacy import SIGNATURE, SIGNATURE_W
+from .search import make_q3_lanes, make_qkx_lanes, make_qp_quants, make_qx_lanes, tile_columns
 
 QK_K = 256
 Q2_K, Q3_K = range(2)
@@ -87,21 +88,12 @@ def _q2_impl_scales(o, scales, mins, sw, Ls, Lm):
 
 
 @njit(**JIT)
-def _q2_finish(b, o, L, d, dmin, back):
-    """Requantize each group whose scale is not zero against the stored d * (scale & 15) and dmin * (scale >> 4)
-    (a zero one keeps the search's quants), pack the quants, and return the float64 squared error of what
-    dequantize_row_q2_K reads back."""
+def _q2_group_scales(o, d, dmin, dl, ml):
+    """Each group's d * (scale & 15) and dmin * (scale >> 4), as dequantize_row_q2_K reads them, into dl, ml."""
     for j in range(16):
         sc = np.int64(o[j])
-        dj = d * f32(sc & 0xF)
-        mj = dmin * f32(sc >> 4)
-        if dj != f32(0.0):  # C's `if (!d) continue`: NaN requantizes
-            for k in range(16 * j, 16 * j + 16):
-                L[k] = near_clamp((b[k] + mj) / dj, 0, 3)
-        for k in range(16 * j, 16 * j + 16):
-            back[k] = dj * L[k] - mj
-    _pack_2bit(L, o, 16)
-    return block_err2(back, b)
+        dl[j] = d * f32(sc & 0xF)
+        ml[j] = dmin * f32(sc >> 4)
 
 
 # ---- Q3_K -------------------------------------------------------------------------------------------------------
@@ -135,26 +127,23 @@ def _q3_ref_scales(o, scales):
 
 
 @njit(**JIT)
-def _q3_finish(b, o, L, d, back):
-    """Requantize each group whose d * (scale - 32) is not zero (a zero one keeps the search's quants), split the
-    quants into hmask (bit j / 32 of byte j % 32: quant j > 3) and 2-bit qs, and return the float64 squared error
-    of what dequantize_row_q3_K reads back."""
+def _q3_group_scales(o, d, dl):
+    """Each group's d * (scale - 32), as dequantize_row_q3_K reads it, into dl."""
     for j in range(16):
         low = (np.int64(o[96 + j]) & 0xF) if j < 8 else (np.int64(o[96 + j - 8]) >> 4)
         sc = (low | (((np.int64(o[104 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
-        dj = d * f32(sc)
-        if dj != f32(0.0):  # C's `if (!d) continue`: NaN requantizes
-            for k in range(16 * j, 16 * j + 16):
-                L[k] = near_clamp(b[k] / dj, -4, 3) + f32(4.0)
-        for k in range(16 * j, 16 * j + 16):
-            back[k] = dj * (L[k] - f32(4.0))
+        dl[j] = d * f32(sc)
+
+
+@njit(**JIT)
+def _pack_q3(L, o):
+    """Quants 0..7 split into hmask (bit j / 32 of byte j % 32: quant j > 3) and 2-bit qs."""
     o[:32] = 0
     for j in range(QK_K):
         if L[j] > f32(3.0):
             o[j % 32] |= 1 << (j // 32)
             L[j] -= f32(4.0)
     _pack_2bit(L, o, 32)
-    return block_err2(back, b)
 
 
 # ---- The driver: tiles of super-blocks ---------------------------------------------------------------------------
@@ -167,7 +156,6 @@ def _quantize(x, qw, weighted, out, kind):
         return 0.0, norm2, bad
     xs, os, flat = x.reshape((nsb, QK_K)), out.reshape((nsb, out.size // nsb)), x.reshape(-1)
     L = np.empty(QK_K, np.float32)
-    back = np.empty(QK_K, np.float32)
     Ls = np.empty(16, np.int64)
     Lm = np.empty(16, np.int64)
     m = TILE * 16
@@ -200,25 +188,35 @@ def _quantize(x, qw, weighted, out, kind):
             make_qx_lanes(st, swt, Lst, dres[0], swork, 32)
         else:
             make_q3_lanes(xt, Lt, Laux, res[0], work, 4)
-        for s in range(s0, s1):
-            kb = (s - s0) * 16
-            group_quants(Lt, kb, L)
-            b, o = xs[s], os[s]
+        dl, ml, Lq, back = work[0], work[1], Laux, wt  # the searches' scratch, free again
+        for s in range(s1 - s0):  # each super-block's scales, then every value requantized against them
+            kb, o = 16 * s, os[s0 + s]
             if kind == Q2_K:
                 if weighted:
                     d, dmin = _q2_impl_scales(o, res[0, kb:kb + 16], res[1, kb:kb + 16], sw[kb:kb + 16], Ls, Lm)
                 else:
                     d, dmin = _q2_ref_scales(o, res[0, kb:kb + 16], res[1, kb:kb + 16])
-                err2 += _q2_finish(b, o, L, d, dmin, back)
+                _q2_group_scales(o, d, dmin, dl[kb:kb + 16], ml[kb:kb + 16])
                 continue
             if weighted:
                 o[96:108] = 0
                 for j in range(16):
-                    _q3_put_scale(o, j, np.int64(Lst[j, s - s0]))
-                d = put_fp16(o, 108, dres[0, s - s0])
+                    _q3_put_scale(o, j, np.int64(Lst[j, s]))
+                d = put_fp16(o, 108, dres[0, s])
             else:
                 d = _q3_ref_scales(o, res[0, kb:kb + 16])
-            err2 += _q3_finish(b, o, L, d, back)
+            _q3_group_scales(o, d, dl[kb:kb + 16])
+        if kind == Q2_K:  # a group whose d * scale is zero keeps the search's quants (C's `if (!d) continue`)
+            requantize_min(xt, Lt, Lq, back, dl, ml, 3)
+        else:
+            requantize_signed(xt, Lt, Lq, back, dl, 4)
+        err2 += tile_err2(back, xt)
+        for s in range(s1 - s0):
+            group_quants(Lq, 16 * s, L)
+            if kind == Q2_K:
+                _pack_2bit(L, os[s0 + s], 16)
+            else:
+                _pack_q3(L, os[s0 + s])
     return err2, norm2, -1
 
 

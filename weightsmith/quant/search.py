@@ -1,28 +1,38 @@
 """ggml's weighted scale searches (ggml-quants.c), shared by the legacy kernels (legacy.py) and the k-quants
-(kquants.py): one copy of each algorithm, float32 in the C's order (cfloat.py's rules: no fastmath, no FMA).
+(kquants.py, kquants_low.py): one copy of each algorithm, float32 in the C's order (cfloat.py's rules: no
+fastmath, no FMA).
 
-- make_qx_quants(x, w, L, nmax): ggml's make_qx_quants with rmse_type 1, the only one its quantizers call. w is
-  the weight of each value: quant_weights where the C gets them, else x*x (the C computes x[i]*x[i] inline when
-  qw is NULL: the same float32, so callers pass an array either way). L gets the quants offset by nmax.
-- make_qkx_quants(x, w, L, Laux, nmax, rmin, rdelta, nstep, use_mad): ggml's make_qkx2_quants and
-  make_qkx3_quants, which are one algorithm (qkx3 adds the NULL-weights case, x*x, which callers pass as an
-  array, and tests `max <= min` where qkx2 tests `max == min`: the same, since min <= x[0] <= max and min is
-  only ever raised to 0 when it is above 0). Returns (scale, the_min), the_min = -min as the C's *the_min.
-
-- make_qp_quants(n, nmax, x, L, quant_weights): ggml's make_qp_quants, the unsigned search the weighted k-quants
-  run over a super-block's sub-block scales and mins (weights: each sub-block's sum of value weights).
-
-L and Laux may be any integer arrays (int64 is convenient); they hold what the C's int8_t / uint8_t arrays hold.
-Add further shared searches (make_q3_quants, ...) here, not a second copy in a kernel module.
-
-The lane forms (*_lanes) run one search on many groups side by side, for the k-quant kernels: group k of a tile
-is column k of xt [n, lanes] (and of its weights wt), so the innermost loops run over lanes with no dependency
-and LLVM turns them into vector instructions, while each lane does the C's float32 operations in the C's order
-(its sums still left to right over the group). The C's branches become selects: a lane computes every candidate
-and keeps the ones the C keeps, with the same strict comparisons; where the C stops early (an all-zero group, a
+The k-quants call the lane forms, which run one search on many groups side by side: group k of a tile is column k
+of xt [n, lanes] (its weights column k of wt), so the innermost loops run over lanes with no dependency and LLVM
+turns them into vector instructions, while each lane does the C's float32 operations in the C's order (its sums
+still left to right over its group). The C's branches become selects: a lane computes every candidate and keeps
+the ones the C keeps, by the same strict comparisons; where the C stops early (an all-zero or flat group, a
 refinement pass that changes nothing) the lane's result is replaced, or the extra passes provably change nothing.
 Quants come back as float32 in Lt [n, lanes], rebuilt at the end from the winning candidate's iscale (and min):
-the same float operations give the same integers, and no per-candidate copy is needed.
+the same float operations give the same integers, and no per-candidate copy is needed. `work` [LANE_ROWS, lanes]
+holds the per-lane state.
+
+- make_qx_lanes(xt, wt, Lt, out, work, nmax): ggml's make_qx_quants with rmse_type 1, the only one its quantizers
+  call. wt: quant_weights where the C gets them, else x*x (the C computes x[i]*x[i] inline when qw is NULL: the
+  same float32, so callers pass a tile either way). Lt gets the quants offset by nmax, out[k] the scale.
+- make_qkx_lanes(xt, wt, Lt, Laux, out, work, nmax, rmin, rdelta, nstep, use_mad): ggml's make_qkx2_quants and
+  make_qkx3_quants, which are one algorithm (qkx3 adds the NULL-weights case, x*x, which callers pass as weights,
+  and tests `max <= min` where qkx2 tests `max == min`: the same, since min <= x[0] <= max and min is only ever
+  raised to 0 when it is above 0). out[0] the scale, out[1] the_min = -min as the C's *the_min.
+- make_q3_lanes(xt, Lt, Laux, out, work, nmax): ggml's make_q3_quants with do_rmse (Q3_K's only use).
+
+Scalar forms, one group a call, for legacy.py's importance-weighted Q4_0/Q4_1/Q5_0/Q5_1 (a module the k-quant
+work does not own; its blocks could be laned the same way): make_qx_quants(x, w, L, nmax) and make_qkx_quants(x,
+w, L, Laux, nmax, rmin, rdelta, nstep, use_mad) -> (scale, the_min), the same algorithms, checked equal to the
+lane forms bit for bit. And make_qp_quants(n, nmax, x, L, quant_weights): ggml's make_qp_quants, the unsigned
+search the weighted k-quants run once per super-block over its 8 or 16 group scales and mins (weights: each
+group's sum of value weights), under 2% of their time: not laned.
+
+L and Laux (scalar forms) may be any integer arrays (int64 is convenient); they hold what the C's int8_t / uint8_t
+arrays hold. Add further shared searches here, not a second copy in a kernel module.
+
+Numba's cache does not see changes in this file from the kernels that inline it: after editing it, delete the
+kernels' cache (weightsmith/quant/__pycache__/k*.nb?) or they keep running the old searches.
 """
 import numpy as np
 from llvmlite import ir
@@ -198,53 +208,6 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
                         n_changed += 1
         if not n_changed:
             break
-    return sumlx / suml2 if suml2 > f32(0.0) else f32(0.0)
-
-
-@njit(**JIT)
-def make_q3_quants(x, L, nmax):
-    """ggml's make_q3_quants with do_rmse (the only way Q3_K calls it), weights x*x: quants nearest_int(-nmax / max
-    * x) in [-nmax, nmax - 1], then up to 5 passes moving single quants to the least-squares level while
-    sum(w x l)^2 / sum(w l^2) grows. L gets the quants offset by nmax; returns sumlx / suml2."""
-    n = x.shape[0]
-    mx = amax = f32(0.0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            mx = x[i]
-    if amax < GROUP_MAX_EPS:
-        L[:n] = 0
-        return f32(0.0)
-    iscale = f32(-nmax) / mx
-    sumlx = suml2 = f32(0.0)
-    for i in range(n):
-        li = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-        L[i] = li
-        w = x[i] * x[i]
-        sumlx += w * x[i] * f32(li)
-        suml2 += w * f32(li) * f32(li)
-    for itry in range(5):
-        n_changed = 0
-        for i in range(n):
-            w = x[i] * x[i]
-            fl = f32(L[i])
-            slx = sumlx - w * x[i] * fl
-            if slx > f32(0.0):
-                sl2 = suml2 - w * fl * fl
-                new_l = max(-nmax, min(nmax - 1, nearest_int(x[i] * sl2 / slx)))
-                if new_l != L[i]:
-                    slx += w * x[i] * f32(new_l)
-                    sl2 += w * f32(new_l) * f32(new_l)
-                    if sl2 > f32(0.0) and slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l
-                        sumlx = slx
-                        suml2 = sl2
-                        n_changed += 1
-        if not n_changed:
-            break
-    for i in range(n):
-        L[i] += nmax
     return sumlx / suml2 if suml2 > f32(0.0) else f32(0.0)
 
 
