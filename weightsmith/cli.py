@@ -92,11 +92,14 @@ def overrides(output_tensor_type, token_embedding_type, tensor_types, pure, leav
 @click.option("--group-size", type=int, help="int4/int8: input columns per scale (int4 default 128; int8 default "
               "per channel).")
 @click.option("--method", type=click.Choice(["gptq", "rtn"]), help="int4/int8: GPTQ (the default with --calibrate) "
-              "or round-to-nearest.")
+              "or round-to-nearest. ggml types with --calibrate: gptq adds GPTQ's error feedback inside the "
+              "preset's block types; rtn (the default) quantizes with the importance matrix alone.")
 @click.option("--damp", default=0.01, show_default=True, type=float, help="GPTQ dampening, times the Hessian's mean "
               "diagonal.")
-@click.option("--actorder", default="static", show_default=True, type=click.Choice(["static", "none"]),
-              help="GPTQ column order: by decreasing activation (scales from the original weights) or as stored.")
+@click.option("--actorder", type=click.Choice(["static", "none"]),
+              help="GPTQ column order: by decreasing activation (scales from the original weights; int4/int8's "
+              "default) or as stored (none; the only order for the ggml types, whose block scales are fixed before "
+              "their columns are rounded: static is refused there).")
 @click.option("--device", help="torch device for the calibration forward pass and GPTQ (default cpu; e.g. cuda).")
 @ggml_options
 def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, tokenizer_pre, no_check, force, quiet,
@@ -122,14 +125,19 @@ def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, toke
               "importance matrix is collected from it in the same run and quantized with (int4/int8: GPTQ on it).")
 @click.option("--samples", default=128, show_default=True, type=int, help="Calibration chunks (--calibrate).")
 @click.option("--ctx", default=512, show_default=True, type=int, help="Tokens per calibration chunk.")
+@click.option("--method", type=click.Choice(["gptq", "rtn"]), help="With --calibrate: gptq adds GPTQ's error feedback "
+              "inside the block types (natural column order); rtn (the default) quantizes with the importance matrix "
+              "alone.")
+@click.option("--damp", default=0.01, show_default=True, type=float, help="GPTQ dampening, times the Hessian's mean "
+              "diagonal.")
 @click.option("--device", help="torch device for the calibration forward pass (default cpu; e.g. cuda).")
 def quantize(src, dst, type_, force, quiet, imatrix, output_tensor_type, token_embedding_type, tensor_types, pure,
-             leave_output_tensor, calibrate, samples, ctx, device):
+             leave_output_tensor, calibrate, samples, ctx, method, damp, device):
     """Quantize SRC into DST of the same format (llama-quantize style): weightsmith quantize in.gguf out.gguf q8_0"""
     from .convert.pipeline import convert as run
     from .formats import detect
     run(src, dst, to=detect(src), type_=type_, quiet=quiet, force=force, imatrix=imatrix, calibrate=calibrate,
-        samples=samples, ctx=ctx, device=device,
+        samples=samples, ctx=ctx, method=method, damp=damp, device=device,
         overrides=overrides(output_tensor_type, token_embedding_type, tensor_types, pure, leave_output_tensor))
 
 

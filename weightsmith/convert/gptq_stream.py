@@ -2,7 +2,10 @@
 (verify.calibrate.stream), GPTQ-quantizes each block's matrices once every chunk has been through it (quant.gptq,
 q/k/v on one input Hessian, gate/up on another), hands the packed tensors to the pipeline, and gives the stream
 the dequantized block, so each later block is calibrated on the errors the earlier ones make (llm-compressor's
-sequential pipeline). The pipeline writes tensors in block order and takes each block's packed tensors from a
+sequential pipeline). Int4/int8: compressed-tensors' scheme; the ggml types: each matrix in the type a preset chose
+for it (quant.ggml_grid), its blocks' fields fixed by the type's quantizer with the importance matrix the Hessian's
+diagonal gives (diag(H) / 2 = the per-column mean of x^2, what llama-imatrix collects), the log comparing GPTQ's
+output error with that of the imatrix-only quantization of the same weights. The pipeline writes tensors in block order and takes each block's packed tensors from a
 bounded hand-off, so memory holds about one block of weights, one block's Hessians and the hidden states.
 """
 from __future__ import annotations
@@ -32,12 +35,13 @@ class Options:
 class Stats:
     """What GPTQ did to one matrix, for the log line and the summary."""
     loss: float               # tr(dW H dW^T) / 2 on the calibration inputs (mean squared output error)
-    rtn_loss: float           # the same for round-to-nearest of the same weights
+    rtn_loss: float           # the same for the baseline: round-to-nearest (ggml: imatrix-only) of the same weights
     ref: float                # tr(W H W^T) / 2: the output's own mean square, for relative figures
+    baseline: str = "rtn"     # "imatrix" for the ggml types
 
     def note(self) -> str:
-        return (f" | gptq out err {(self.loss / self.ref) ** 0.5:.2%} (rtn {(self.rtn_loss / self.ref) ** 0.5:.2%})"
-                f" | gptq loss {self.loss:.4g}")
+        return (f" | gptq out err {(self.loss / self.ref) ** 0.5:.2%} ({self.baseline} "
+                f"{(self.rtn_loss / self.ref) ** 0.5:.2%}) | gptq loss {self.loss:.4g}")
 
 
 def calibration_tokens(ck, opts: Options, quiet: bool = False):
@@ -54,13 +58,16 @@ def calibration_tokens(ck, opts: Options, quiet: bool = False):
 
 
 class Producer:
-    """Runs GPTQ over ck's blocks on a thread; take(name) gives block matrix `name`'s Packed value and Stats."""
+    """Runs GPTQ over ck's blocks on a thread; take(name) gives block matrix `name`'s Packed value (ggml: its bytes
+    and the values they dequantize to) and Stats. scheme: int4/int8's; or, for the ggml types, targets: each block
+    matrix's type (GGUF name -> Q4_K, ...; matrices not in it keep their weights: written float)."""
 
-    def __init__(self, ck, scheme, float_dtype: str, opts: Options, quiet: bool = False):
+    def __init__(self, ck, scheme, float_dtype: str, opts: Options, quiet: bool = False, targets=None, tokens=None):
         from ..verify.model import device_for
         self.ck, self.scheme, self.float_dtype, self.opts, self.quiet = ck, scheme, float_dtype, opts, quiet
+        self.targets = targets
         device_for(opts.device)  # a bad --device fails here, before anything runs
-        self.tokens = calibration_tokens(ck, opts, quiet)
+        self.tokens = calibration_tokens(ck, opts, quiet) if tokens is None else tokens
         self.ready: dict[str, tuple] = {}
         self.block, self.hessians = None, {}
         self.hand = queue.Queue(maxsize=1)  # one block ahead of the writer at most
@@ -103,6 +110,9 @@ class Producer:
             for k in names:
                 name = f"blk.{i}.{k}.weight"
                 W = w[k]
+                if self.targets is not None:
+                    out[k], packed[name] = self._ggml(name, W, H, h)
+                    continue
                 r = gptq.quantize(W, H, self.scheme, self.float_dtype, damp=self.opts.damp,
                                   actorder=self.opts.actorder)
                 if r.damp != self.opts.damp:
@@ -117,8 +127,36 @@ class Producer:
                 packed[name] = (p, stats)
                 out[k] = deq
         self.hessians = {}
-        self._put(packed)
+        self._put({k: v for k, v in packed.items() if v is not None})
         return out
+
+    def _ggml(self, name, W, H, h):
+        """GPTQ of one block matrix in its ggml type: (the weights the stream goes on with, (bytes and values,
+        Stats) or None for a matrix written float)."""
+        import numpy as np
+        import torch
+        from .. import dtypes
+        from ..quant import ggml_grid, gptq
+        from ..quant import types as quant
+        t = self.targets.get(name)
+        if t is None or dtypes.is_float(t):  # written float: the stream goes on with those values
+            dt = dtypes.torch_dtype(t) if t else W.dtype
+            return W.to(dt).to(W.dtype), None
+        # the imatrix entry llama-imatrix would collect from these inputs: sum x^2 / N = diag(H) / 2
+        importance = (torch.diagonal(h.sum).double() / h.count).float().cpu().numpy()
+        Wc = W.detach().float().cpu()
+        grid = ggml_grid.Grid(t, *Wc.shape, importance)
+        r = gptq.quantize(Wc, H, grid, damp=self.opts.damp, actorder="none")
+        if r.damp != self.opts.damp:
+            warn(f"{name}: its input Hessian could not be factored with --damp {self.opts.damp:g}; "
+                 f"GPTQ used {r.damp:g}")
+        # the baseline: the imatrix path's quantization of the same weights with the same importance
+        base = np.empty_like(r.data)
+        quant.quantize_into(Wc.numpy(), t, base, name, importance)
+        base_w = quant.dequantize(base, t, Wc.shape)
+        stats = Stats(gptq.output_loss(Wc - r.values, H), gptq.output_loss(Wc - base_w, H), gptq.output_loss(Wc, H),
+                      baseline="imatrix")
+        return r.values.to(W.device, W.dtype), ((r.data, r.values), stats)
 
     def _put(self, item):
         while not self.stop.is_set():
@@ -163,5 +201,7 @@ def summary(stats: list[Stats]) -> str:
     g = sum(s.loss for s in stats)
     r = sum(s.rtn_loss for s in stats)
     ratio = r / g if g > 0 else float("inf")
+    base = "the imatrix-only quantization's" if stats and stats[0].baseline == "imatrix" else "round-to-nearest's"
+    how = f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"
     return (f"GPTQ: {len(stats)} matrices; summed output error on the calibration text {g:.4g} against "
-            f"round-to-nearest's {r:.4g}: {ratio:.2f}x lower")
+            f"{base} {r:.4g}: {how}")

@@ -72,12 +72,14 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
             tokenizer=None, tokenizer_pre: str | None = None, split_max_size: int = 0, quiet: bool = False,
             force: bool = False, check: bool = True, imatrix=None, calibrate=None, samples: int = 128,
             ctx: int = 512, overrides: presets.Overrides | None = None, method: str | None = None,
-            group_size: int | None = None, damp: float = 0.01, actorder: str = "static", device=None) -> Checkpoint:
+            group_size: int | None = None, damp: float = 0.01, actorder: str | None = None,
+            device=None) -> Checkpoint:
     """imatrix: an importance-matrix file (GGUF or legacy .dat) for the ggml types; calibrate with a ggml type: a
-    text file to collect one from in the same run (samples chunks of ctx tokens, the forward pass on device);
-    overrides: llama-quantize's per-tensor options for the ggml types.
-    int4/int8: calibrate runs GPTQ (method gptq, the default with it; rtn: round-to-nearest) with damp, actorder and
-    the forward pass on device; group_size: columns per scale."""
+    text file to collect one from in the same run (samples chunks of ctx tokens, the forward pass on device), or
+    with method gptq GPTQ inside the preset's types (natural column order only), the importance matrix from its
+    Hessians; overrides: llama-quantize's per-tensor options for the ggml types.
+    int4/int8: calibrate runs GPTQ (method gptq, the default with it; rtn: round-to-nearest) with damp, actorder
+    (default static) and the forward pass on device; group_size: columns per scale."""
     dst = Path(dst)
     to = to or formats.default_target(dst)
     writer_cls = formats.writer(to)
@@ -93,30 +95,41 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
         ck.vocab  # a GGUF's vocabulary, read (and checked) before anything is written; writers use it at the end
     cfg = ck.config
     default = source_type(ck)
-    type_, producer_args = _int_options(type_, calibrate, method, group_size)
+    type_, producer_args, ggml_gptq = _int_options(type_, calibrate, method, group_size, actorder)
     preset = presets.get(type_) if type_ else None
     _check_ggml_options(type_, preset, imatrix, calibrate, overrides, writer_cls)
-    im = _importance(ck, preset, imatrix, calibrate, samples, ctx, device, quiet)
+    opts = tokens = None
+    if producer_args or ggml_gptq:
+        from .gptq_stream import Options
+        opts = Options(calibrate, samples, ctx, damp, actorder or "static", device)
+    if ggml_gptq:
+        im, tokens = _hessian_importance(ck, opts, quiet)
+    else:
+        im = _importance(ck, preset, imatrix, calibrate, samples, ctx, device, quiet)
     mixture = presets.Mixture(preset[0], cfg, im is not None, overrides or presets.Overrides()) if preset else None
     jobs = [(r.canonical, r, target_type(type_, r, writer_cls, default, mixture)) for r in ck.tensors]
     if cfg.tied_embeddings and writer_cls.stores_tied_output:
         embd = next(j for j in jobs if j[0] == "token_embd.weight")
         jobs.append(("output.weight", embd[1], embd[2]))
     specs = [Spec(name, ref.shape, t) for name, ref, t in jobs]
-    weights = {name: _weights_for(im, name, ref, t, preset[0]) for name, ref, t in jobs} if im else {}
+    # ggml GPTQ: the block matrices' types (the producer quantizes those not written float)
+    targets = {name: t for name, _, t in jobs if name in im.entries} if ggml_gptq else {}
+    by_gptq = {name for name, t in targets.items() if not dtypes.is_float(t)}
+    weights = {name: _weights_for(im, name, ref, t, preset[0]) for name, ref, t in jobs
+               if name not in targets} if im else {}
     producer = None
     with AtomicOutput(dst, writer_cls.is_dir, force) as tmp:
-        if producer_args:  # GPTQ runs on its own thread, a block ahead of the writer
-            from .gptq_stream import Options, Producer
-            producer = Producer(ck, producer_args, default, Options(calibrate, samples, ctx, damp, actorder, device),
-                                quiet)
+        if opts:  # GPTQ runs on its own thread, a block ahead of the writer
+            from .gptq_stream import Producer
+            producer = Producer(ck, producer_args, default, opts, quiet, targets=targets if ggml_gptq else None,
+                                tokens=tokens)
         w = writer_cls(tmp, ck, specs, tokenizer_files=tok_files, tokenizer_pre=tokenizer_pre, shard_size=shard_size,
                        mp=mp, split_max_size=split_max_size, file_type=preset[1].file_type if preset else None,
                        metadata=_imatrix_metadata(im, imatrix or calibrate) if im else None)
         try:
             log = TensorLog(len(jobs), sum(r.nbytes for _, r, _ in jobs), quiet)
             tensors = [_Tensor(name, ref, t, w.name(name), default, cfg, *weights.get(name, (None, "")),
-                               producer=producer if producer and compressed.get(t) else None)
+                               producer=producer if producer and (compressed.get(t) or name in by_gptq) else None)
                        for name, ref, t in jobs]
             pieces = _staged([(c, rows) for c in tensors for rows in c.plan], any(c.uses_torch for c in tensors))
             for c in tensors:
@@ -186,6 +199,34 @@ def _importance(ck, preset, imatrix, calibrate, samples, ctx, device, quiet):
     return im
 
 
+class _HessianImatrix:
+    """ggml GPTQ's importance matrix: one entry per blk.* matmul input (what `weightsmith imatrix` collects), each
+    the diagonal of that input's GPTQ Hessian / 2 (the per-column mean of x^2), known only as its block is reached,
+    on the producer's thread; here for the preset rules (an imatrix is given), the quantize.imatrix.* keys and the
+    tensors outside the blocks (no entry, as in the imatrix path)."""
+
+    def __init__(self, ck, text_file, n_chunks: int, ctx: int):
+        from ..verify.model import SHARED_INPUTS
+        self.entries = {f"blk.{i}.{k}.weight": None for i in range(ck.config.n_layers)
+                        for names in SHARED_INPUTS for k in names}
+        self.datasets, self.chunk_count, self.chunk_size = [str(text_file)], n_chunks, ctx
+
+    def importance(self, name: str):
+        return None
+
+
+def _hessian_importance(ck, opts, quiet):
+    """(_HessianImatrix, the calibration tokens) for --method gptq with a ggml type."""
+    from ..verify.model import device_for
+    from .gptq_stream import calibration_tokens
+    device_for(opts.device)  # a bad --device fails here, before anything runs
+    tokens = calibration_tokens(ck, opts, quiet)
+    if not quiet:
+        print(f"gptq: {len(tokens)} chunks of {opts.ctx} tokens of {opts.text}, the preset's ggml types with error "
+              f"feedback; the importance matrix from each input's Hessian", flush=True)
+    return _HessianImatrix(ck, opts.text, len(tokens), opts.ctx), tokens
+
+
 def _progress(desc: str, total: int, quiet: bool):
     """A tqdm bar on stderr (a terminal only) as a progress(i, n) callback; it closes itself at the end."""
     import sys
@@ -252,12 +293,16 @@ def _weights_for(im, name: str, ref, t: str, preset_name: str) -> tuple[np.ndarr
     return w, " | imatrix"
 
 
-def _int_options(type_, calibrate, method, group_size):
-    """(--type with --group-size applied, the scheme GPTQ quantizes to or None) for int4/int8 output."""
+def _int_options(type_, calibrate, method, group_size, actorder=None):
+    """(--type with --group-size applied, the scheme GPTQ quantizes to or None, whether GPTQ runs inside the ggml
+    types of a preset) for int4/int8 and ggml output."""
     scheme = compressed.get(type_) if type_ else None
     is_int = scheme is not None and scheme.format == compressed.FORMAT
-    if (group_size is not None or method is not None) and not is_int:
-        raise BadInput("--group-size and --method apply to --type int4 / int8")
+    ggml = scheme is None and type_ is not None and presets.get(type_) is not None
+    if group_size is not None and not is_int:
+        raise BadInput("--group-size applies to --type int4 / int8")
+    if method is not None and not (is_int or ggml):
+        raise BadInput("--method applies to --type int4 / int8 and to the ggml types (q4_k_m, q8_0, ...)")
     if calibrate and scheme is not None and not is_int:
         raise BadInput(f"--calibrate applies to int4 / int8 (GPTQ) and the ggml types, not --type {type_}")
     from .gptq_stream import METHODS
@@ -265,10 +310,15 @@ def _int_options(type_, calibrate, method, group_size):
         raise BadInput(f"--method {method}: {' or '.join(METHODS)}")
     if method == "gptq" and not calibrate:
         raise BadInput("--method gptq needs calibration text (--calibrate TEXT)")
+    ggml_gptq = ggml and method == "gptq"  # without --method: the importance matrix alone, as before
+    if ggml_gptq and actorder == "static":
+        raise BadInput(f"--actorder static: GPTQ inside the ggml types (--type {type_}) runs in natural column order "
+                       f"(a block's scales are fixed before its columns are rounded); leave --actorder out or give "
+                       f"--actorder none")
     if group_size is not None:
         scheme = compressed.grouped(scheme, group_size)
         type_ = scheme.name
-    return type_, scheme if is_int and calibrate and method != "rtn" else None
+    return type_, scheme if is_int and calibrate and method != "rtn" else None, ggml_gptq
 
 
 def _passes_through(ref, t: str) -> bool:
@@ -333,6 +383,10 @@ class _Tensor:
         if dtypes.is_float(t):
             return dtypes.cast(x, t)
         scheme = compressed.get(t)
+        if self.producer and not scheme:  # GPTQ in a ggml type: its bytes, from the producer's thread
+            (data, values), self.gptq = self.producer.take(self.name)
+            self.err2, self.norm2 = quant.squared_norms(values, dtypes.to_torch(x).float().reshape(values.shape))
+            return data
         if scheme and self.producer:  # GPTQ: the whole matrix, quantized on the producer's thread
             x = dtypes.to_torch(x).float()
             data, self.gptq = self.producer.take(self.name)

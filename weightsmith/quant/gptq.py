@@ -1,4 +1,5 @@
-"""GPTQ (Frantar et al. 2022, arXiv:2210.17323) for compressed-tensors' symmetric int4/int8: array functions only.
+"""GPTQ (Frantar et al. 2022, arXiv:2210.17323) for compressed-tensors' symmetric int4/int8 and, with a grid in
+place of the scheme, inside the ggml block types (ggml_grid.Grid): array functions only.
 
 Given a Linear weight W [out, in] and its input Hessian H = 2/N sum_t x_t x_t^T (N calibration tokens, Hessian
 below), columns are quantized one at a time and each one's rounding error is spread over the columns not yet
@@ -15,6 +16,10 @@ What llm-compressor's GPTQModifier does, step for step:
     scales, too, from the original weights); per-channel scales (int8) always come from the original weights;
   - scales are compressed-tensors' (compressed.scales: min-max symmetric, in the model's float dtype), and each
     column is q = clamp(round(w / scale), qmin, qmax), half to even, so the integers mean exactly q * scale.
+A ggml grid changes only where the scales come from and how a column is rounded: natural order, each block's
+stored fields fixed by the type's own quantizer when its first column comes up, each value rounded to the nearest
+point of the grid those fields define (ggml_grid's docstring); the Hessian, dampening, dead columns, lazy batches
+and error feedback are the ones above.
 Nothing here runs a model: verify.calibrate streams the activations, convert.gptq_stream drives both.
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .. import dtypes
 from ..errors import BadInput
 from . import compressed
 from .cfloat import JIT
+from .ggml_grid import nearest
 from .types import _cores, parallel_map
 
 BLOCK = 128          # columns per lazy batch
@@ -58,11 +64,13 @@ class Hessian:
 
 @dataclass
 class Result:
-    q: torch.Tensor        # int16 [out, in], the integers in the original column order
-    scale: torch.Tensor    # [out, in / group] (or [out, 1]) in the model's float dtype
+    q: torch.Tensor        # int16 [out, in], the integers in the original column order (a grid's: level indices)
+    scale: torch.Tensor | None  # [out, in / group] (or [out, 1]) in the model's float dtype; None for a grid
     loss: float            # GPTQ's own figure: sum of err^2 / 2 (the damped Hessian's output error)
     damp: float            # the dampening used (a fraction of mean diag(H)): more than asked when needed
     dead: int              # input columns no token activated
+    data: np.ndarray | None = None        # a grid's bytes (ggml_grid.Grid.pack)
+    values: torch.Tensor | None = None    # a grid's: float32 [out, in], the values GPTQ rounded to (data's)
 
     def packed(self, s: compressed.Scheme) -> compressed.Packed:
         return compressed.pack(self.q, self.scale, s)
@@ -72,27 +80,40 @@ class Result:
         return compressed.dequantize(self.packed(s).packed, self.scale, s)
 
 
-def quantize(w: torch.Tensor, H: torch.Tensor, s: compressed.Scheme, float_dtype, damp: float = 0.01,
+_NO_LEVELS = np.empty(0, np.float32)
+
+
+def quantize(w: torch.Tensor, H: torch.Tensor, s, float_dtype=None, damp: float = 0.01,
              actorder: str = "static", block: int = BLOCK, dtype=torch.float32) -> Result:
     """GPTQ of one weight w [out, in] against H [in, in] (Hessian.matrix()). float_dtype: the model's (scales are
-    stored in it); dtype: the working precision (float32 as llm-compressor; float64 in the tests)."""
+    stored in it); dtype: the working precision (float32 as llm-compressor; float64 in the tests).
+
+    s: a compressed-tensors scheme, or a grid (ggml_grid.Grid: a ggml block type's, the same algorithm with its
+    columns rounded to the grid its quantizer fixes for each block when the block's first column comes up, in
+    natural order only: actorder must be none)."""
     if actorder not in ACTORDERS:
         raise BadInput(f"--actorder {actorder}: one of {', '.join(ACTORDERS)}")
-    dt = float_dtype if isinstance(float_dtype, torch.dtype) else dtypes.torch_dtype(float_dtype)
+    grid = None if isinstance(s, compressed.Scheme) else s
+    if grid is not None and actorder != "none":
+        raise BadInput("GPTQ in a ggml block type runs in natural column order (a block's scales are fixed before "
+                       "its columns are rounded): --actorder none")
     n_out, n_in = w.shape
-    G = compressed.group_size(s, n_in)
+    G = grid.group if grid else compressed.group_size(s, n_in)
     W = w.to(dtype).clone()
     H = H.to(W.device, dtype).clone()
     if not torch.isfinite(H).all():
         raise BadInput("GPTQ: the calibration activations are not finite (NaN or Inf in the Hessian)")
     col = torch.arange(n_in, device=W.device)
     static = actorder == "static"
-    if G is None:      # per channel: one scale per row, from the original weights
-        scale = compressed.scales(w, s, dt).unsqueeze(-1)
-    elif static:       # static groups: every scale from the original weights, before any column moves
-        scale = compressed.scales(w.reshape(n_out, n_in // G, G), s, dt)
-    else:              # filled as each group comes up
-        scale = torch.empty(n_out, n_in // G, dtype=dt, device=W.device)
+    scale = None
+    if grid is None:
+        dt = float_dtype if isinstance(float_dtype, torch.dtype) else dtypes.torch_dtype(float_dtype)
+        if G is None:      # per channel: one scale per row, from the original weights
+            scale = compressed.scales(w, s, dt).unsqueeze(-1)
+        elif static:       # static groups: every scale from the original weights, before any column moves
+            scale = compressed.scales(w.reshape(n_out, n_in // G, G), s, dt)
+        else:              # filled as each group comes up
+            scale = torch.empty(n_out, n_in // G, dtype=dt, device=W.device)
     if static:
         col = torch.argsort(torch.diagonal(H), descending=True, stable=True)
         W, H = W[:, col], H[col][:, col]
@@ -103,9 +124,15 @@ def quantize(w: torch.Tensor, H: torch.Tensor, s: compressed.Scheme, float_dtype
     U, used = _inverse_factor(H, damp)
     del H
     Q = torch.empty_like(W)
+    V = torch.empty(n_out, n_in, dtype=torch.float32) if grid else None  # a grid's values, as rounded
     losses = torch.zeros((), dtype=dtype, device=W.device)
-    step = max(block, G or 0)  # a multiple of the group (powers of two): a group never straddles two batches
-    qmin, qmax = (np.dtype(str(dtype).removeprefix("torch.")).type(v) for v in (s.qmin, s.qmax))
+    # lazy batches a multiple of the group (powers of two): a group never straddles two batches; a grid whose
+    # quantizer reads the whole row: one block a batch, so that the row is up to date when the block comes up
+    step = G if grid and grid.row_context else max(block, G or 0)
+    if grid:
+        qmin = qmax = 0
+    else:
+        qmin, qmax = (np.dtype(str(dtype).removeprefix("torch.")).type(v) for v in (s.qmin, s.qmax))
     for i1 in range(0, n_in, step):
         i2 = min(i1 + step, n_in)
         # the batch's own columns, one at a time, in the numba kernel on the CPU (wherever W lives)
@@ -116,19 +143,31 @@ def quantize(w: torch.Tensor, H: torch.Tensor, s: compressed.Scheme, float_dtype
         parts = range(0, i2 - i1, G) if G and not static else [0]
         for c0 in parts:
             c1 = c0 + G if G and not static else i2 - i1
-            if G and not static:
-                scale[:, (i1 + c0) // G] = compressed.scales(W1[:, c0:c1], s, dt).to(scale.device)
-            S1 = scale.cpu()[:, group[i1 + c0:i1 + c1]].to(dtype).contiguous()
+            if grid:
+                row = torch.cat((V[:, :i1], W[:, i1:].cpu().float()), 1) if grid.row_context else None
+                A, B = grid.fix(i1 + c0, W1[:, c0:c1], row)
+                S1, B1, levels = torch.from_numpy(A), B, grid.levels
+            else:
+                if G and not static:
+                    scale[:, (i1 + c0) // G] = compressed.scales(W1[:, c0:c1], s, dt).to(scale.device)
+                S1 = scale.cpu()[:, group[i1 + c0:i1 + c1]].to(dtype).contiguous()
+                B1, levels = _NO_LEVELS.reshape(1, 0), _NO_LEVELS
             n = -(-n_out // _row_tasks(n_out, c1 - c0))  # rows per task
             parallel_map(lambda r: _columns(W1[r:r + n].numpy(), U1.numpy(), S1[r:r + n].numpy(),
-                                            Q1[r:r + n].numpy(), Err1[r:r + n].numpy(), c0, c1, qmin, qmax),
+                                            B1[r:r + n], levels, Q1[r:r + n].numpy(), Err1[r:r + n].numpy(),
+                                            c0, c1, qmin, qmax),
                          range(0, n_out, n))
         Q[:, i1:i2] = Q1.to(Q.device)
+        if grid:
+            V[:, i1:i2] = W1.float()  # the kernel left each rounded column's grid value there
         Err1 = Err1.to(W.device)
         losses += Err1.pow(2).sum() / 2
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
     if static:
         Q = Q[:, torch.argsort(col)]
+    if grid:
+        return Result(Q.to(torch.int16).cpu(), None, float(losses), used, int(dead.sum()),
+                      data=grid.pack(Q.cpu()), values=V)
     return Result(Q.to(torch.int16), scale, float(losses), used, int(dead.sum()))
 
 
@@ -141,21 +180,31 @@ def _row_tasks(n_out: int, n_cols: int) -> int:
 
 
 @njit(**JIT)
-def _columns(W1, U1, S1, Q1, E1, c0, c1, qmin, qmax):
+def _columns(W1, U1, S1, B1, levels, Q1, E1, c0, c1, qmin, qmax):
     """GPTQ's inner loop (the paper's Algorithm 1) over columns c0..c1 of one lazy batch, row by row (each row of W
-    is quantized independently; U1 is shared): column i is rounded to its scale S1[:, i - c0] (half to even,
-    clamped), and its error, divided by U1[i, i], is taken off the batch's later columns times U1's row i. The same
-    operations in the same order as torch's elementwise ones, in the arrays' own dtype (float32 or float64).
-    Q1, E1: the integers and the scaled errors, per column. One kernel call instead of a few torch ops per column:
-    those ops on a few hundred values each cost their thread wake-ups more than their arithmetic."""
+    is quantized independently; U1 is shared): column i is rounded, and its error, divided by U1[i, i], is taken
+    off the batch's later columns times U1's row i. The same operations in the same order as torch's elementwise
+    ones, in the arrays' own dtype (float32 or float64).
+    Rounding: with no levels, to the scale S1[:, i - c0] (q = clamp(round(w / scale)), half to even); with levels
+    (a ggml grid), to the nearest of S1 * levels[k] + B1 in float32 (ggml_grid.nearest), the column left holding
+    that value. Q1, E1: the integers (level indices) and the scaled errors, per column. One kernel call instead of
+    a few torch ops per column: those ops on a few hundred values each cost their thread wake-ups more than their
+    arithmetic."""
     width = W1.shape[1]
+    grid = levels.shape[0] > 0
     for r in range(W1.shape[0]):
         for i in range(c0, c1):
             sc = S1[r, i - c0]
             w = W1[r, i]
-            q = min(max(np.rint(w / sc), qmin), qmax)
-            err = (w - q * sc) / U1[i, i]
-            Q1[r, i] = q
+            if grid:
+                kq, v = nearest(w, sc, B1[r, i - c0], levels)
+                err = (w - v) / U1[i, i]
+                Q1[r, i] = kq
+                W1[r, i] = v
+            else:
+                q = min(max(np.rint(w / sc), qmin), qmax)
+                err = (w - q * sc) / U1[i, i]
+                Q1[r, i] = q
             E1[r, i] = err
             for k in range(i + 1, width):
                 W1[r, k] -= err * U1[i, k]

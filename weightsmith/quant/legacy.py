@@ -287,7 +287,9 @@ Q4_0, Q4_1, Q5_0, Q5_1 = range(4)
 
 
 @njit(**JIT)
-def _weighted(x, qw, out, kind):
+def _weighted(x, qw, out, kind, sigma2s):
+    """sigma2s: each row's sigma2 (GPTQ's blocks: x is one block of each row, sigma2 that of the whole row); empty:
+    computed from the rows of x."""
     n = x.shape[1]
     ts = out.shape[1] // (n // 32)
     weight = np.empty(32, np.float32)
@@ -301,7 +303,7 @@ def _weighted(x, qw, out, kind):
         if not np.isfinite(n2):
             return err2, norm2, first_bad(x, r)
         norm2 += n2
-        sigma2 = row_sigma2(row)
+        sigma2 = row_sigma2(row) if sigma2s.shape[0] == 0 else sigma2s[r]
         for ib in range(n // 32):
             xb = row[32 * ib:32 * ib + 32]
             o = out[r, ts * ib:ts * ib + ts]
@@ -330,21 +332,30 @@ def _weighted(x, qw, out, kind):
     return err2, norm2, -1
 
 
+_NO_SIGMA2 = np.empty(0, np.float32)
+
+
+@njit("Tuple((float64, float64, int64))(float32[:, ::1], float32[::1], float32[::1], uint8[:, ::1], int64)", **JIT)
+def weighted_rows(x, qw, sigma2, out, kind):
+    """quantize_row_*_impl (kind Q4_0, Q4_1, Q5_0, Q5_1) on x [rows, n] with each row's sigma2 given."""
+    return _weighted(x, qw, out, kind, sigma2)
+
+
 @njit(SIGNATURE_W, **JIT)
 def q4_0_w(x, qw, out):
-    return _weighted(x, qw, out, Q4_0)
+    return _weighted(x, qw, out, Q4_0, _NO_SIGMA2)
 
 
 @njit(SIGNATURE_W, **JIT)
 def q4_1_w(x, qw, out):
-    return _weighted(x, qw, out, Q4_1)
+    return _weighted(x, qw, out, Q4_1, _NO_SIGMA2)
 
 
 @njit(SIGNATURE_W, **JIT)
 def q5_0_w(x, qw, out):
-    return _weighted(x, qw, out, Q5_0)
+    return _weighted(x, qw, out, Q5_0, _NO_SIGMA2)
 
 
 @njit(SIGNATURE_W, **JIT)
 def q5_1_w(x, qw, out):
-    return _weighted(x, qw, out, Q5_1)
+    return _weighted(x, qw, out, Q5_1, _NO_SIGMA2)
