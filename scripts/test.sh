@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 source scripts/venv.sh
 make_venv .venv-test
 set +e
-.venv-test/bin/python -m pytest -q -p no:cacheprovider tests "$@"
+# one worker per core, at most 4 (each holds torch and llama.cpp), each taking whole files (module fixtures build once)
+workers=$(nproc); [ "$workers" -gt 4 ] && workers=4
+.venv-test/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile tests "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi
