@@ -27,6 +27,8 @@ PROMPT = "The capital of France is"
 MAX_TOKENS = 12
 VERIFY_CTX = 128
 VERIFY_CHARS = 4000  # about 1.4K tokens of text: 11 chunks of 128, ~700 positions scored; seconds per verify
+CALIB = "calib-text.txt"  # the calibrated rows' text: topics from the other end of the list than verify's
+CALIB_CHARS = 9000  # about 2.5K tokens: the 16 chunks of 128 the GPTQ row asks for
 SOURCE = "SOURCE"  # stands for the package's GGUF in STEPS
 REFERENCE = "hf-f32"  # the exact (f32) dequantization of the source: what every output is verified against
 
@@ -44,9 +46,17 @@ STEPS = [
     ("GGUF -> GGUF (as is)", "convert", SOURCE, "smollm2-q4_1.gguf", [], "Q4_1"),
     ("HF f32 -> GGUF q8_0", "convert", "hf-f32", "smollm2-q8_0.gguf", ["--type", "q8_0"], "Q8_0"),
     ("GGUF f16 -> q4_k_m", "quantize", "smollm2-f16.gguf", "smollm2-q4_k_m.gguf", ["q4_k_m"], "Q4_K_M"),
+    # calibrated on text verify does not score: the importance matrix alone, then GPTQ inside the same block types
+    ("GGUF f16 -> q4_k_m imatrix", "quantize", "smollm2-f16.gguf", "smollm2-q4_k_m-imatrix.gguf",
+     ["q4_k_m", "--calibrate", CALIB, "--samples", "16", "--ctx", "128"], "Q4_K_M"),
+    ("GGUF f16 -> q4_k_m GPTQ", "quantize", "smollm2-f16.gguf", "smollm2-q4_k_m-gptq.gguf",
+     ["q4_k_m", "--calibrate", CALIB, "--samples", "16", "--ctx", "128", "--method", "gptq"], "Q4_K_M"),
     # compressed-tensors for GPUs (vLLM, transformers with compressed-tensors)
     ("HF bf16 -> HF int8", "convert", "hf-bf16", "hf-int8", ["--type", "int8"], "INT8"),
     ("HF bf16 -> HF int4", "convert", "hf-bf16", "hf-int4", ["--type", "int4"], "INT4"),
+    # the same int4 by GPTQ, calibrated on a few chunks of text that verify does not score
+    ("HF bf16 -> HF int4 GPTQ", "convert", "hf-bf16", "hf-int4-gptq",
+     ["--type", "int4", "--calibrate", CALIB, "--samples", "16", "--ctx", "128"], "INT4"),
 ]
 
 # The tables, one column per entry: (header, format spec, cell from a row dict).
@@ -101,16 +111,21 @@ def ws(*args) -> str:
     return buf.getvalue()
 
 
-def verify_text() -> Path:
-    """English prose every Python ships (its documentation topics): what verify scores."""
+def doc_text(name: str, chars: int, reverse: bool = False) -> Path:
+    """English prose every Python ships (its documentation topics, in sorted order or from the end): what verify
+    scores (from the start) and what GPTQ calibrates on (from the end: none of the same text)."""
     import pydoc_data.topics
     topics = pydoc_data.topics.topics
-    text, keys = "", iter(sorted(topics))
-    while len(text) < VERIFY_CHARS:
+    text, keys = "", iter(sorted(topics, reverse=reverse))
+    while len(text) < chars:
         text += topics[next(keys)]
-    path = OUT / "verify-text.txt"
-    path.write_text(text[:VERIFY_CHARS], encoding="utf-8")
+    path = OUT / name
+    path.write_text(text[:chars], encoding="utf-8")
     return path
+
+
+def verify_text() -> Path:
+    return doc_text("verify-text.txt", VERIFY_CHARS)
 
 
 def ws_generate(path: Path) -> str:
@@ -143,7 +158,8 @@ def stage_weightsmith():
           f"--ctx {VERIFY_CTX} --json\n  $ weightsmith generate OUTPUT --prompt {PROMPT!r} --max-tokens {MAX_TOKENS}\n",
           flush=True)
     rows = [dict(label="GGUF (source)", type="Q4_1", path=src, secs=0.0)]
-    outputs = {step[3] for step in STEPS}  # an argument naming one (--tokenizer hf-f32) is its path
+    doc_text(CALIB, CALIB_CHARS, reverse=True)
+    outputs = {step[3] for step in STEPS} | {CALIB}  # an argument naming one (--tokenizer hf-f32) is its path
     for i, (label, cmd, inp, out, extra, type_) in enumerate(STEPS, 1):
         args = [cmd, path_of(inp), OUT / out, *[OUT / a if a in outputs else a for a in extra]]
         t = time.perf_counter()
