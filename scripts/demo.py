@@ -61,7 +61,7 @@ STEPS = [
 
 # The tables, one column per entry: (header, format spec, cell from a row dict).
 COMMON = [
-    ("step", "<24", lambda r: r["label"]),
+    ("step", "<26", lambda r: r["label"]),
     ("type", "<6", lambda r: r["type"]),
     ("size MB", ">8", lambda r: f"{r['nbytes'] / 1e6:.1f}"),
 ]
