@@ -28,8 +28,8 @@ from . import types
 from .cfloat import JIT, f32, fp16_value
 from .iquants import KVALUES_IQ4NL
 from .kquants import _pack_q4, _pack_q5, _pack_q6, _scale_min_k4
-from .kquants_low import _pack_2bit, _pack_q3
-from .legacy import _pack_five, row_sigma2, weighted_rows
+from .kquants_low import _pack_2bit, _pack_q3, _q2_group_scales, _q3_group_scales
+from .legacy import _pack_five, _pack_nibbles, row_sigma2, weighted_rows
 
 KINDS = {n: i for i, n in enumerate(
     ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"])}
@@ -58,7 +58,6 @@ def _fp16(o, k):
 @njit(**JIT)
 def block_grid(kind, o, A, B):
     """One block's stored fields (bytes o) as each value's A and B (float32: value = A * level + B)."""
-    n = A.shape[0]
     B[:] = f32(0.0)
     if kind <= Q5_1 or kind == IQ4_NL:
         d = _fp16(o, 0)
@@ -66,17 +65,16 @@ def block_grid(kind, o, A, B):
         if kind == Q4_1 or kind == Q5_1:
             B[:] = _fp16(o, 2)                       # y = x * d + m
     elif kind == Q2_K:
-        d, dmin = _fp16(o, 80), _fp16(o, 82)
-        for j in range(n):
-            sc = np.int64(o[j // 16])
-            A[j] = d * f32(sc & 0xF)
-            B[j] = -(dmin * f32(sc >> 4))            # y = dl * q - ml
-    elif kind == Q3_K:
-        d = _fp16(o, 108)
+        dl, ml = np.empty(16, np.float32), np.empty(16, np.float32)
+        _q2_group_scales(o, _fp16(o, 80), _fp16(o, 82), dl, ml)
         for g in range(16):
-            low = (np.int64(o[96 + g]) & 0xF) if g < 8 else (np.int64(o[96 + g - 8]) >> 4)
-            sc = (low | (((np.int64(o[104 + g % 4]) >> (2 * (g // 4))) & 3) << 4)) - 32
-            A[16 * g:16 * g + 16] = d * f32(sc)
+            A[16 * g:16 * g + 16] = dl[g]
+            B[16 * g:16 * g + 16] = -ml[g]           # y = dl * q - ml
+    elif kind == Q3_K:
+        dl = np.empty(16, np.float32)
+        _q3_group_scales(o, _fp16(o, 108), dl)
+        for g in range(16):
+            A[16 * g:16 * g + 16] = dl[g]
     elif kind == Q4_K or kind == Q5_K:
         d, dmin = _fp16(o, 0), _fp16(o, 2)
         for g in range(8):
@@ -100,8 +98,7 @@ def block_grid(kind, o, A, B):
 def _nibbles(k, o, at, nb):
     """nb blocks of 32 4-bit indices, ggml's order: byte at + 16b + j = k[32b + j] | k[32b + 16 + j] << 4."""
     for b in range(nb):
-        for j in range(16):
-            o[at + 16 * b + j] = k[32 * b + j] | (k[32 * b + 16 + j] << 4)
+        _pack_nibbles(k[32 * b:32 * b + 32], o, at + 16 * b)
 
 
 @njit(**JIT)
