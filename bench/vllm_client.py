@@ -55,29 +55,44 @@ def convert(out: Path, type_: str) -> Path:
     return d
 
 
-def int8_per_token_127(module, args):
-    """vLLM's dynamic int8 activation quantization (scale = amax / 127 per token), as a forward pre-hook;
-    compressed-tensors' own (transformers') uses amax / 127.5, its symmetric range (qmax - qmin) / 2."""
+def int8_gemm_hooks(model, model_dir: Path):
+    """W8A8 as vLLM's CPU kernel computes it, in place of compressed-tensors' fake quantization: per token
+    scale = amax / 127 in float32, x_q = round(x * (1 / scale)) (half to even), the int8 x int8 products summed
+    exactly (float64 holds every int32 sum here), times both scales in float32, rounded once to the model's dtype.
+    compressed-tensors' way rounds x_q * scale and q * weight_scale to bf16 before a bf16 matmul (and divides by
+    127.5, its symmetric range (qmax - qmin) / 2). The integers come from the checkpoint itself."""
     import torch
-    x = args[0]
-    scale = x.abs().amax(-1, keepdim=True).float() / 127
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    return (torch.clamp(torch.round(x.float() / scale), -128, 127) * scale).to(x.dtype),
+    from safetensors.torch import load_file
+    stored = {}
+    for f in model_dir.glob("*.safetensors"):
+        stored.update(load_file(f))
+
+    def hook(module, args, output):
+        x = args[0]
+        s = x.abs().amax(-1, keepdim=True).float() / 127
+        s = torch.where(s == 0, torch.ones_like(s), s)
+        xq = torch.clamp(torch.round(x.float() * (1 / s)), -128, 127).double()
+        acc = (xq @ module.int8_q.double().T).float()
+        y = acc * s * module.int8_scale.float().reshape(1, -1)
+        if module.bias is not None:
+            y = y + module.bias.float()
+        return y.to(output.dtype)
+    for name, m in model.named_modules():
+        if f"{name}.weight_scale" in stored:
+            m.int8_q, m.int8_scale = stored[f"{name}.weight"], stored[f"{name}.weight_scale"]
+            m.register_forward_hook(hook)
 
 
 def transformers_greedy(model_dir: Path, prompts: list[list[int]], n: int, dtype: str, acts: str = "ct"):
     """transformers' greedy tokens for each prompt, the seconds it took, and a scorer: for a prompt and another
     continuation, where it first leaves transformers' argmax and by how much (top logit - its token's logit).
-    acts "127": W8A8 activations quantized as vLLM's kernel does instead of compressed-tensors' way."""
+    acts "int": W8A8 computed as vLLM's CPU kernel does (int8_gemm_hooks) instead of compressed-tensors' way."""
     import torch
     from transformers import AutoModelForCausalLM
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    if acts == "127":
-        for m in model.modules():
-            if getattr(m, "quantization_scheme", None) is not None:
-                m.quantization_enabled = False  # weights stay decompressed; activations by the hook
-                m.register_forward_pre_hook(int8_per_token_127)
+    if acts == "int":
+        int8_gemm_hooks(model, model_dir)
     out = []
     with torch.no_grad():
         for ids in prompts:
@@ -145,7 +160,7 @@ def main():
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     rows = [(name, t, "ct") for name, t, on_cpu in MODELS
             if on_cpu is True or on_cpu in flags or a.device == "cuda" or a.all]
-    rows.insert(2, ("w8a8 (hf /127)", "w8a8", "127"))  # transformers with vLLM's activation rounding
+    rows.insert(2, ("w8a8 (hf int)", "w8a8", "int"))  # transformers with vLLM's integer arithmetic
     dirs = {t: convert(a.out, t) for _, t, _ in rows}
     tok = AutoTokenizer.from_pretrained(dirs["bf16"])
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
