@@ -122,8 +122,7 @@ class Producer:
                 deq = compressed.dequantize(p.packed, p.scale, self.scheme).to(W.device, W.dtype)
                 rtn = compressed.quantize(W.cpu(), self.scheme, self.float_dtype)
                 rtn_w = compressed.dequantize(rtn.packed, rtn.scale, self.scheme).to(W.device, W.dtype)
-                stats = Stats(gptq.output_loss(W - deq, H), gptq.output_loss(W - rtn_w, H),
-                              gptq.output_loss(W, H))
+                stats = Stats(*gptq.output_losses(H, W - deq, W - rtn_w, W))
                 packed[name] = (p, stats)
                 out[k] = deq
         self.hessians = {}
@@ -154,8 +153,7 @@ class Producer:
         base = np.empty_like(r.data)
         quant.quantize_into(Wc.numpy(), t, base, name, importance)
         base_w = quant.dequantize(base, t, Wc.shape)
-        stats = Stats(gptq.output_loss(Wc - r.values, H), gptq.output_loss(Wc - base_w, H), gptq.output_loss(Wc, H),
-                      baseline="imatrix")
+        stats = Stats(*gptq.output_losses(H, Wc - r.values, Wc - base_w, Wc), baseline="imatrix")
         return r.values.to(W.device, W.dtype), ((r.data, r.values), stats)
 
     def _put(self, item):

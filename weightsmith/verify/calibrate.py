@@ -68,7 +68,7 @@ def stream(ck, tokens: torch.Tensor, observe, replace=None, device=None, progres
                 h[s] = block_forward(h[s].to(dev), w, cfg, rope, tap=tap).cpu()
         else:
             for s in batches:
-                block_forward(h[s].to(dev), w, cfg, rope, tap=tap)
+                block_forward(h[s].to(dev), w, cfg, rope, tap=tap, tap_only=True)
             w = replace(i, w) or w
             for s in batches:
                 h[s] = block_forward(h[s].to(dev), w, cfg, rope).cpu()

@@ -102,9 +102,12 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 SHARED_INPUTS = (("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"), ("ffn_down",))
 
 
-def block_forward(h: torch.Tensor, w: dict, cfg, rope: Rope, cache: dict | None = None, tap=None) -> torch.Tensor:
+def block_forward(h: torch.Tensor, w: dict, cfg, rope: Rope, cache: dict | None = None, tap=None,
+                  tap_only: bool = False) -> torch.Tensor | None:
     """One transformer block on h [B, T, dim]. cache (generate) holds this block's past k/v and grows by T.
-    tap(names, x), when given, sees each matmul input x [B, T, in] once, with the SHARED_INPUTS entry it feeds."""
+    tap(names, x), when given, sees each matmul input x [B, T, in] once, with the SHARED_INPUTS entry it feeds;
+    tap_only: the output is not wanted (GPTQ's observing pass), so the last matmul, a quarter of a Llama block's
+    multiply-adds, is skipped and None returned."""
     B, T, _ = h.shape
     x = rms_norm(h, w["attn_norm"], cfg.norm_eps)
     if tap:
@@ -135,6 +138,8 @@ def block_forward(h: torch.Tensor, w: dict, cfg, rope: Rope, cache: dict | None 
     a = F.silu(linear(x, w["ffn_gate"])) * linear(x, w["ffn_up"])
     if tap:
         tap(SHARED_INPUTS[3], a)
+    if tap_only:
+        return None
     return h + linear(a, w["ffn_down"])
 
 
