@@ -10,6 +10,7 @@ bounded hand-off, so memory holds about one block of weights, one block's Hessia
 """
 from __future__ import annotations
 
+import functools
 import queue
 import sys
 import threading
@@ -107,14 +108,16 @@ class Producer:
         out, packed = dict(w), {}
         for names, h in self.hessians.items():
             H = h.matrix()
+            # factored once, when first needed, for the weights that share this input (ggml types: natural order)
+            f = functools.cache(lambda H=H: gptq.factor(H, self.opts.damp,
+                                                        "none" if self.targets is not None else self.opts.actorder))
             for k in names:
                 name = f"blk.{i}.{k}.weight"
                 W = w[k]
                 if self.targets is not None:
-                    out[k], packed[name] = self._ggml(name, W, H, h)
+                    out[k], packed[name] = self._ggml(name, W, H, f, h)
                     continue
-                r = gptq.quantize(W, H, self.scheme, self.float_dtype, damp=self.opts.damp,
-                                  actorder=self.opts.actorder)
+                r = gptq.quantize(W, f(), self.scheme, self.float_dtype)
                 if r.damp != self.opts.damp:
                     warn(f"{name}: its input Hessian could not be factored with --damp {self.opts.damp:g}; "
                          f"GPTQ used {r.damp:g}")
@@ -129,7 +132,7 @@ class Producer:
         self._put({k: v for k, v in packed.items() if v is not None})
         return out
 
-    def _ggml(self, name, W, H, h):
+    def _ggml(self, name, W, H, f, h):
         """GPTQ of one block matrix in its ggml type: (the weights the stream goes on with, (bytes and values,
         Stats) or None for a matrix written float)."""
         import numpy as np
@@ -145,7 +148,7 @@ class Producer:
         importance = (torch.diagonal(h.sum).double() / h.count).float().cpu().numpy()
         Wc = W.detach().float().cpu()
         grid = ggml_grid.Grid(t, *Wc.shape, importance)
-        r = gptq.quantize(Wc, H, grid, damp=self.opts.damp, actorder="none")
+        r = gptq.quantize(Wc, f(), grid)
         if r.damp != self.opts.damp:
             warn(f"{name}: its input Hessian could not be factored with --damp {self.opts.damp:g}; "
                  f"GPTQ used {r.damp:g}")

@@ -40,7 +40,7 @@ from .types import _cores, parallel_map
 BLOCK = 128          # columns per lazy batch
 MAX_DAMP = 100.0     # dampening (fraction of the mean diagonal) beyond which a Hessian is given up on
 ACTORDERS = ("static", "none")
-OUTPUT_LOSS_ROWS = 512  # output_losses on at most this many rows (evenly strided), scaled to all of them
+OUTPUT_LOSS_ROWS = 2048  # output_losses on at most this many rows (evenly strided), scaled to all of them
 
 
 class Hessian:
@@ -83,27 +83,55 @@ class Result:
 _NO_LEVELS = np.empty(0, np.float32)
 
 
-def quantize(w: torch.Tensor, H: torch.Tensor, s, float_dtype=None, damp: float = 0.01,
+@dataclass
+class Factor:
+    """What GPTQ takes from one input Hessian, whatever weight it quantizes: the column order, the dead columns and
+    the upper Cholesky factor U of the damped inverse in that order. Computed once per Hessian (factor()) and
+    shared by the weights that read the same input (q/k/v, gate/up): the factorization was 11% of GPTQ's time
+    when done for each of them."""
+    col: torch.Tensor     # the order columns are quantized in (original indices)
+    dead: torch.Tensor    # bool [in], in that order: columns no token activated
+    U: torch.Tensor       # [in, in], in that order
+    damp: float           # the dampening used: more than asked when needed
+    actorder: str
+
+
+def factor(H: torch.Tensor, damp: float = 0.01, actorder: str = "static", dtype=torch.float32) -> Factor:
+    """H [in, in] (Hessian.matrix()) prepared for quantize(): activation order `static` sorts the columns by
+    decreasing diag(H) (stable), `none` keeps them; dead columns get H[j, j] = 1; then _inverse_factor."""
+    if actorder not in ACTORDERS:
+        raise BadInput(f"--actorder {actorder}: one of {', '.join(ACTORDERS)}")
+    H = H.to(dtype).clone()
+    if not torch.isfinite(H).all():
+        raise BadInput("GPTQ: the calibration activations are not finite (NaN or Inf in the Hessian)")
+    col = torch.arange(H.shape[0], device=H.device)
+    if actorder == "static":
+        col = torch.argsort(torch.diagonal(H), descending=True, stable=True)
+        H = H[col][:, col]
+    dead = torch.diagonal(H) == 0
+    H.diagonal()[dead] = 1
+    U, used = _inverse_factor(H, damp)
+    return Factor(col, dead, U, used, actorder)
+
+
+def quantize(w: torch.Tensor, H: torch.Tensor | Factor, s, float_dtype=None, damp: float = 0.01,
              actorder: str = "static", block: int = BLOCK, dtype=torch.float32) -> Result:
-    """GPTQ of one weight w [out, in] against H [in, in] (Hessian.matrix()). float_dtype: the model's (scales are
-    stored in it); dtype: the working precision (float32 as llm-compressor; float64 in the tests).
+    """GPTQ of one weight w [out, in] against H [in, in] (Hessian.matrix(), or its factor(), which damp and
+    actorder then come from). float_dtype: the model's (scales are stored in it); dtype: the working precision
+    (float32 as llm-compressor; float64 in the tests).
 
     s: a compressed-tensors scheme, or a grid (ggml_grid.Grid: a ggml block type's, the same algorithm with its
     columns rounded to the grid its quantizer fixes for each block when the block's first column comes up, in
     natural order only: actorder must be none)."""
-    if actorder not in ACTORDERS:
-        raise BadInput(f"--actorder {actorder}: one of {', '.join(ACTORDERS)}")
+    actorder = H.actorder if isinstance(H, Factor) else actorder
     grid = None if isinstance(s, compressed.Scheme) else s
     if grid is not None and actorder != "none":
         raise BadInput("GPTQ in a ggml block type runs in natural column order (a block's scales are fixed before "
                        "its columns are rounded): --actorder none")
+    f = H if isinstance(H, Factor) else factor(H.to(w.device), damp, actorder, dtype)
     n_out, n_in = w.shape
     G = grid.group if grid else compressed.group_size(s, n_in)
     W = w.to(dtype).clone()
-    H = H.to(W.device, dtype).clone()
-    if not torch.isfinite(H).all():
-        raise BadInput("GPTQ: the calibration activations are not finite (NaN or Inf in the Hessian)")
-    col = torch.arange(n_in, device=W.device)
     static = actorder == "static"
     scale = None
     if grid is None:
@@ -114,15 +142,11 @@ def quantize(w: torch.Tensor, H: torch.Tensor, s, float_dtype=None, damp: float 
             scale = compressed.scales(w.reshape(n_out, n_in // G, G), s, dt)
         else:              # filled as each group comes up
             scale = torch.empty(n_out, n_in // G, dtype=dt, device=W.device)
+    col, dead, U = f.col.to(W.device), f.dead.to(W.device), f.U.to(W.device, dtype)
     if static:
-        col = torch.argsort(torch.diagonal(H), descending=True, stable=True)
-        W, H = W[:, col], H[col][:, col]
+        W = W[:, col]
     group = col.cpu() // G if G else torch.zeros(n_in, dtype=torch.long)  # each column's scale (original group)
-    dead = torch.diagonal(H) == 0
-    H.diagonal()[dead] = 1
     W[:, dead] = 0
-    U, used = _inverse_factor(H, damp)
-    del H
     Q = torch.empty_like(W)
     V = torch.empty(n_out, n_in, dtype=torch.float32) if grid else None  # a grid's values, as rounded
     losses = torch.zeros((), dtype=dtype, device=W.device)
@@ -166,9 +190,9 @@ def quantize(w: torch.Tensor, H: torch.Tensor, s, float_dtype=None, damp: float 
     if static:
         Q = Q[:, torch.argsort(col)]
     if grid:
-        return Result(Q.to(torch.int16).cpu(), None, float(losses), used, int(dead.sum()),
+        return Result(Q.to(torch.int16).cpu(), None, float(losses), f.damp, int(dead.sum()),
                       data=grid.pack(Q.cpu()), values=V)
-    return Result(Q.to(torch.int16), scale, float(losses), used, int(dead.sum()))
+    return Result(Q.to(torch.int16), scale, float(losses), f.damp, int(dead.sum()))
 
 
 ROW_WORK = 1 << 20  # multiply-adds per task at least: a thread per core only where each has this much to do
@@ -211,21 +235,22 @@ def _columns(W1, U1, S1, B1, levels, Q1, E1, c0, c1, qmin, qmax):
 
 
 def _inverse_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """The upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, and the damp it took: the one asked for, or
+    """The upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1, and the damp it took: the one asked for, or
     ten times more each time H + damp cannot be factored (a Hessian that is singular in floating point).
-    The inverse comes from two triangular solves against I (cholesky_solve), not cholesky_inverse: MKL's threaded
-    potri behind the latter took 5.1 s for a 1536-wide Hessian on two busy cores (0.34 s this way, 0.06 s on one
-    thread; bench/gptq_bench.py's machine)."""
+    U without forming the inverse: with J the reversal, J Hd J = C C^T (C lower) gives Hd = R R^T, R = J C J upper,
+    so Hd^-1 = (R^-1)^T R^-1 and U = R^-1 = J C^-1 J (the unique factor: C's diagonal is positive). One Cholesky
+    and one triangular solve, half the work of factor, invert, factor again (llm-compressor's), and closer to the
+    float64 result (1.1e-7 against 2.6e-7 relative, a 1536-wide Hessian)."""
     mean = torch.diagonal(H).mean()
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     frac = damp
     while True:
-        Hd = H.clone()
+        Hd = H.flip(0, 1)
         Hd.diagonal().add_(frac * mean)
-        L, info = torch.linalg.cholesky_ex(Hd)
+        C, info = torch.linalg.cholesky_ex(Hd)
         if int(info) == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_solve(eye, L), upper=True)
-            if int(info) == 0 and torch.isfinite(U).all():
+            U = torch.linalg.solve_triangular(C, eye, upper=False).flip(0, 1)
+            if torch.isfinite(U).all():
                 return U, frac
         if frac >= MAX_DAMP:
             raise BadInput(f"GPTQ: the Hessian cannot be factored even with dampening {frac:g} x its mean diagonal")
@@ -235,8 +260,9 @@ def _inverse_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
 def output_losses(H: torch.Tensor, *dws: torch.Tensor) -> list[float]:
     """tr(dw H dw^T) / 2 for each dw: the mean over calibration tokens of |dw x|^2 (H = Hessian.matrix()). One
     matmul for all of them, on an evenly strided OUTPUT_LOSS_ROWS of the rows (scaled up) when there are more, in
-    float32 (float64 when a dw is): log figures, which cost a few percent of GPTQ this way instead of 14% (three
-    float64 matmuls over every row each; SmolLM2 int4 GPTQ profile)."""
+    float32 (float64 when a dw is): log figures, a few percent of GPTQ's time this way instead of 14% (three
+    float64 matmuls; SmolLM2 int4 GPTQ profile). Rows are not sampled more sparsely: a few outlier rows carry much
+    of the error (SmolLM2 at 512 rows read 1346 for an exact 7201)."""
     n = dws[0].shape[0]
     step = -(-n // OUTPUT_LOSS_ROWS)
     dt = torch.float64 if any(d.dtype == torch.float64 for d in dws) else torch.float32
