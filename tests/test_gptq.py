@@ -12,6 +12,7 @@ ct = pytest.importorskip("compressed_tensors")
 from compressed_tensors.quantization import QuantizationArgs  # noqa: E402
 from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E402
 
+from weightsmith import dtypes  # noqa: E402
 from weightsmith.errors import BadInput  # noqa: E402
 from weightsmith.quant import compressed, gptq  # noqa: E402
 
@@ -26,17 +27,46 @@ def _qparams(x: torch.Tensor, bits: int, group) -> torch.Tensor:
     return scale
 
 
-def reference_gptq(W, X, bits, group, actorder, damp, dt):
-    """Frantar et al., Algorithm 1 without lazy batches, float64. X [N, in]: the layer's inputs."""
+# the mse observer's candidates, from its definition: the min-max scale times 1, then 1.09, 1.08, ... 0.70
+SHRINK = [1.0] + [p / 100 for p in range(109, 69, -1) if p != 100]
+
+
+def _mse_scales(x: torch.Tensor, imp: torch.Tensor, bits: int, group) -> torch.Tensor:
+    """The scale of each row of each group of x [out, n_groups, g] (dt values) among the candidates whose
+    integers lose least, sum_j imp_j (x_j - q_j s)^2 in float64 (imp [n_groups, g]); the first on a tie."""
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    base = x.float().abs().amax(-1) / ((qmax - qmin) / 2)  # the min-max scale in float32, before rounding to dt
+    best, best_err = None, None
+    for p in SHRINK:
+        c = (base * torch.tensor(p, dtype=torch.float32)).to(x.dtype)
+        q = torch.clamp(torch.round(x.double() / c.double().unsqueeze(-1)), qmin, qmax)
+        err = (imp.double() * (x.double() - q * c.double().unsqueeze(-1)) ** 2).sum(-1)
+        if best is None:
+            best, best_err = c.clone(), err
+        else:
+            better = err < best_err
+            best, best_err = torch.where(better, c, best), torch.where(better, err, best_err)
+    return best
+
+
+def reference_gptq(W, X, bits, group, actorder, damp, dt, observer="minmax"):
+    """Frantar et al., Algorithm 1 without lazy batches, float64. X [N, in]: the layer's inputs. observer mse:
+    each scale chosen by _mse_scales, columns weighted by diag(H)."""
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     n_out, n_in = W.shape
     X = X.double()
     H = 2 * X.T @ X / X.shape[0]
     W0 = W.to(dt)
+    diag = torch.diag(H).clone()
+
+    def observe(x, cols):  # x [out, n_groups, g] (dt values), cols: their original column indices
+        if observer == "mse":
+            return _mse_scales(x, diag[cols].view(x.shape[1:]), bits, group)
+        return _qparams(x, bits, group)
     if group is None:
-        scale = _qparams(W0.unsqueeze(1), bits, None)                     # [out, 1]
+        scale = observe(W0.unsqueeze(1), torch.arange(n_in))                     # [out, 1]
     elif actorder == "static":
-        scale = _qparams(W0.view(n_out, n_in // group, group), bits, group)
+        scale = observe(W0.view(n_out, n_in // group, group), torch.arange(n_in))
     else:
         scale = torch.zeros(n_out, n_in // group, dtype=dt)
     perm = torch.argsort(torch.diag(H), descending=True, stable=True) if actorder == "static" else torch.arange(n_in)
@@ -50,7 +80,7 @@ def reference_gptq(W, X, bits, group, actorder, damp, dt):
     for j in range(n_in):
         c = int(perm[j])
         if group and actorder != "static" and j % group == 0:
-            scale[:, j // group] = _qparams(W[:, j:j + group].to(dt).unsqueeze(1), bits, group)[:, 0]
+            scale[:, j // group] = observe(W[:, j:j + group].to(dt).unsqueeze(1), perm[j:j + group])[:, 0]
         sc = scale[:, c // group if group else 0].double()
         q = torch.clamp(torch.round(W[:, j] / sc), qmin, qmax)
         err = (W[:, j] - q * sc) / U[j, j]
@@ -105,6 +135,52 @@ def test_equals_reference_gptq(name, actorder, dt):
     rtn = compressed.quantize(W, s, "F32" if dt == torch.float32 else "BF16")
     dw_rtn = W.double() - compressed.dequantize(rtn.packed, rtn.scale, s).double()
     assert gptq.output_loss(dw, H) < 0.8 * gptq.output_loss(dw_rtn, H)
+
+
+@pytest.mark.parametrize("name", ["INT4-G64", "INT4", "INT8"])
+@pytest.mark.parametrize("actorder", ["static", "none"])
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_mse_observer_equals_reference(name, actorder, dt):
+    """--observer mse: each scale the candidate that rounds its group with the least diag(H)-weighted squared
+    error (the reference searches in float64), GPTQ on those scales the reference's integers; it loses less than
+    min-max scales on these inputs, and config.json names the observer."""
+    s = compressed.observed(compressed.get(name), "mse")
+    assert s.name == f"{name}-MSE" and compressed.get(s.name) == s and s.observer == "memoryless_mse"
+    W, X = layer()
+    H = 2 * X.double().T @ X.double() / X.shape[0]
+    r = gptq.quantize(W, H, s, dt, damp=0.01, actorder=actorder, dtype=torch.float64)
+    q, scale = reference_gptq(W, X, s.bits, compressed.group_size(s, W.shape[1]), actorder, 0.01, dt, "mse")
+    assert torch.equal(r.scale, scale), (r.scale != scale).sum()
+    assert torch.equal(r.q, q), (r.q != q).sum()
+    minmax = gptq.quantize(W, H, compressed.get(name), dt, damp=0.01, actorder=actorder, dtype=torch.float64)
+    assert not torch.equal(r.scale, minmax.scale)
+    loss = [gptq.output_loss(W.double() - x.dequantized(s).double(), H) for x in (r, minmax)]
+    assert loss[0] < loss[1], loss
+    cfg = compressed.quantization_config(s, {compressed.group_size(s, 256): {"q_proj"}}, ["lm_head"])
+    assert cfg["config_groups"]["group_0"]["weights"]["observer"] == "memoryless_mse"
+
+
+@pytest.mark.parametrize("name", ["INT4-G32-MSE", "INT8-MSE", "W8A8-MSE"])
+@pytest.mark.parametrize("dt", ["F32", "BF16", "F16"])
+def test_mse_round_to_nearest_streamed_equals_whole(name, dt):
+    """Without calibration the mse observer weighs every column 1: the streamed row kernel (quantize_rows) gives
+    the bytes and scales of the whole-tensor path, each scale the reference's, and less error than min-max."""
+    import numpy as np
+    s = compressed.get(name)
+    W, _ = layer(n_out=40, n_in=128)
+    W[::5, ::7] *= 8  # outliers: clipping them pays
+    W = W.to(dtypes.torch_dtype(dt))
+    whole = compressed.quantize(W, s, dt)
+    rows, _, _ = compressed.quantize_rows(W.float().numpy(), s, dt)
+    assert np.array_equal(np.asarray(rows.packed).view(np.uint8), whole.packed.numpy().view(np.uint8))
+    assert torch.equal(dtypes.to_torch(np.asarray(rows.scale)), whole.scale)
+    g = compressed.group_size(s, 128) or 128
+    want = _mse_scales(W.view(40, 128 // g, g), torch.ones(128 // g, g), s.bits, g)
+    assert torch.equal(whole.scale, want)
+    base = s.name.removesuffix("-MSE")
+    err = [(compressed.dequantize(p.packed, p.scale, t) - W.float()).norm()
+           for p, t in ((whole, s), (compressed.quantize(W, compressed.get(base), dt), compressed.get(base)))]
+    assert err[0] < err[1], err
 
 
 def test_float32_close_to_float64():
@@ -211,24 +287,30 @@ def with_tokenizer(src, tok_dir, dst):  # noqa: F811
     return dst
 
 
-@pytest.mark.parametrize("family,dtype,type_", [
-    ("llama1", torch.bfloat16, "int4"),      # 64-wide inputs get group 64, down_proj 128: two config groups
-    ("llama2_70b", torch.float32, "int8"),   # GQA 8:1, per channel
-    ("llama32", torch.bfloat16, "int4"),     # tied embeddings, rope scaling
+@pytest.mark.parametrize("family,dtype,type_,observer", [
+    ("llama1", torch.bfloat16, "int4", None),      # 64-wide inputs get group 64, down_proj 128: two config groups
+    ("llama2_70b", torch.float32, "int8", None),   # GQA 8:1, per channel
+    ("llama32", torch.bfloat16, "int4", None),     # tied embeddings, rope scaling
+    ("llama32", torch.bfloat16, "int4", "mse"),    # the mse observer's scales
 ])
 def test_gptq_checkpoint_loads_and_drifts_less_than_rtn(built, tmp_path, ws, tok_dir, texts, family, dtype,  # noqa: F811
-                                                        type_):
+                                                        type_, observer):
     from safetensors.torch import load_file
     from weightsmith.verify import verify
     src = with_tokenizer(built.hf(family, dtype=dtype), tok_dir, tmp_path / "src")
     out, rtn = tmp_path / "gptq", tmp_path / "rtn"
-    r = ws("convert", src, out, "--type", type_, "--calibrate", texts / "calib.txt", "--samples", "8", "--ctx", "64")
+    obs = ["--observer", observer] if observer else []
+    r = ws("convert", src, out, "--type", type_, "--calibrate", texts / "calib.txt", "--samples", "8", "--ctx", "64",
+           *obs)
     assert r.returncode == 0, r.stderr
     assert "| gptq out err" in r.stdout and "x lower" in r.stdout
-    assert ws("convert", src, rtn, "--type", type_, "-q").returncode == 0
+    assert ws("convert", src, rtn, "--type", type_, "-q", *obs).returncode == 0
 
     cfg = json.loads((out / "config.json").read_text())
     QuantizationConfig.model_validate(cfg["quantization_config"])
+    for d in (out, rtn):  # config.json names the observer the scales came from
+        groups = json.loads((d / "config.json").read_text())["quantization_config"]["config_groups"]
+        assert {g["weights"]["observer"] for g in groups.values()} == {f"memoryless_{observer or 'minmax'}"}
     sd = load_file(out / "model.safetensors")
     s = compressed.SCHEMES[type_.upper()]
     for i in range(cfg["num_hidden_layers"]):
@@ -272,6 +354,9 @@ def test_gptq_bad_input(built, tmp_path, ws, tok_dir, texts):  # noqa: F811
         (["--type", "int4", "--group-size", "24"], "power of two"),
         (["--type", "f16", "--group-size", "64"], "int4 / int8"),
         (["--type", "w8a8", "--calibrate", texts / "calib.txt"], "--calibrate"),
+        (["--type", "fp8", "--observer", "mse"], "integer schemes only"),
+        (["--type", "q4_k_m", "--observer", "mse"], "--observer applies"),
+        (["--type", "f16", "--observer", "minmax"], "--observer applies"),
     ]
     for args, msg in cases:
         assert_clean_error(ws("convert", src, area / "out", *args), area, msg)

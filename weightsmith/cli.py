@@ -100,18 +100,22 @@ def overrides(output_tensor_type, token_embedding_type, tensor_types, pure, leav
               help="GPTQ column order: by decreasing activation (scales from the original weights; int4/int8's "
               "default) or as stored (none; the only order for the ggml types, whose block scales are fixed before "
               "their columns are rounded: static is refused there).")
+@click.option("--observer", type=click.Choice(["minmax", "mse"]), help="int4/int8/w8a8: how each scale is chosen: "
+              "minmax (the default: the group's largest magnitude, as compressed-tensors' default observer) or mse "
+              "(the candidate from 1.09x down to 0.70x of it that rounds the group with the least squared error, "
+              "each input column weighted by its mean square with --calibrate; config.json says memoryless_mse).")
 @click.option("--device", help="torch device for the calibration forward pass and GPTQ (default cpu; e.g. cuda).")
 @ggml_options
 def convert(src, dst, to, type_, shard_size, split_max_size, mp, tokenizer, tokenizer_pre, no_check, force, quiet,
-            calibrate, samples, ctx, group_size, method, damp, actorder, device, imatrix, output_tensor_type,
-            token_embedding_type, tensor_types, pure, leave_output_tensor):
+            calibrate, samples, ctx, group_size, method, damp, actorder, observer, device, imatrix,
+            output_tensor_type, token_embedding_type, tensor_types, pure, leave_output_tensor):
     """Convert SRC to DST (Meta, HF, GGUF in any direction), streaming each tensor in pieces."""
     from .convert.pipeline import convert as run
     run(src, dst, to=to, type_=type_, shard_size=parse_size(shard_size), mp=mp, tokenizer=tokenizer,
         tokenizer_pre=tokenizer_pre, split_max_size=parse_size(split_max_size) if split_max_size else 0, quiet=quiet,
         force=force, check=not no_check, imatrix=imatrix, calibrate=calibrate, samples=samples, ctx=ctx,
         overrides=overrides(output_tensor_type, token_embedding_type, tensor_types, pure, leave_output_tensor),
-        group_size=group_size, method=method, damp=damp, actorder=actorder, device=device)
+        group_size=group_size, method=method, damp=damp, actorder=actorder, device=device, observer=observer)
 
 
 @main.command()

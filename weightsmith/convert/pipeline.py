@@ -73,13 +73,14 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
             force: bool = False, check: bool = True, imatrix=None, calibrate=None, samples: int = 128,
             ctx: int = 512, overrides: presets.Overrides | None = None, method: str | None = None,
             group_size: int | None = None, damp: float = 0.01, actorder: str | None = None,
-            device=None) -> Checkpoint:
+            device=None, observer: str | None = None) -> Checkpoint:
     """imatrix: an importance-matrix file (GGUF or legacy .dat) for the ggml types; calibrate with a ggml type: a
     text file to collect one from in the same run (samples chunks of ctx tokens, the forward pass on device), or
     with method gptq GPTQ inside the preset's types (natural column order only), the importance matrix from its
     Hessians; overrides: llama-quantize's per-tensor options for the ggml types.
     int4/int8: calibrate runs GPTQ (method gptq, the default with it; rtn: round-to-nearest) with damp, actorder
-    (default static) and the forward pass on device; group_size: columns per scale."""
+    (default static) and the forward pass on device; group_size: columns per scale; observer: how scales are
+    chosen (minmax, the default; mse: compressed.observed_scales)."""
     dst = Path(dst)
     to = to or formats.default_target(dst)
     writer_cls = formats.writer(to)
@@ -95,7 +96,7 @@ def convert(src, dst, to: str | None = None, type_: str | None = None, shard_siz
         ck.vocab  # a GGUF's vocabulary, read (and checked) before anything is written; writers use it at the end
     cfg = ck.config
     default = source_type(ck)
-    type_, producer_args, ggml_gptq = _int_options(type_, calibrate, method, group_size, actorder)
+    type_, producer_args, ggml_gptq = _int_options(type_, calibrate, method, group_size, actorder, observer)
     preset = presets.get(type_) if type_ else None
     _check_ggml_options(type_, preset, imatrix, calibrate, overrides, writer_cls)
     opts = tokens = None
@@ -293,7 +294,7 @@ def _weights_for(im, name: str, ref, t: str, preset_name: str) -> tuple[np.ndarr
     return w, " | imatrix"
 
 
-def _int_options(type_, calibrate, method, group_size, actorder=None):
+def _int_options(type_, calibrate, method, group_size, actorder=None, observer=None):
     """(--type with --group-size applied, the scheme GPTQ quantizes to or None, whether GPTQ runs inside the ggml
     types of a preset) for int4/int8 and ggml output."""
     scheme = compressed.get(type_) if type_ else None
@@ -315,8 +316,13 @@ def _int_options(type_, calibrate, method, group_size, actorder=None):
         raise BadInput(f"--actorder static: GPTQ inside the ggml types (--type {type_}) runs in natural column order "
                        f"(a block's scales are fixed before its columns are rounded); leave --actorder out or give "
                        f"--actorder none")
+    if observer is not None and scheme is None:
+        raise BadInput("--observer applies to the compressed-tensors types (int4, int8, w8a8)")
     if group_size is not None:
         scheme = compressed.grouped(scheme, group_size)
+        type_ = scheme.name
+    if observer is not None:
+        scheme = compressed.observed(scheme, observer)
         type_ = scheme.name
     return type_, scheme if is_int and calibrate and method != "rtn" else None, ggml_gptq
 

@@ -83,11 +83,16 @@ MIN_GROUP = 16  # smaller groups than this gain nothing over int8; such a width 
 
 
 def get(name: str) -> Scheme | None:
-    """A scheme by type name; `INT4-G64` / `INT8-G128` name one of them with that group size (--group-size)."""
-    m = re.fullmatch(r"(INT[48])-G(\d+)", name.upper())
+    """A scheme by type name; `INT4-G64` / `INT8-G128` name one of them with that group size (--group-size), a
+    `-MSE` suffix one with the mse observer (--observer mse): the name carries both to the writers."""
+    name = name.upper()
+    if name.endswith("-MSE"):
+        s = get(name.removesuffix("-MSE"))
+        return observed(s, "mse") if s is not None and s.type == "int" else None
+    m = re.fullmatch(r"(INT[48])-G(\d+)", name)
     if m and m.group(1) in SCHEMES:
         return grouped(SCHEMES[m.group(1)], int(m.group(2)))
-    return SCHEMES.get(name.upper())
+    return SCHEMES.get(name)
 
 
 def grouped(s: Scheme, group: int) -> Scheme:
@@ -156,12 +161,50 @@ def scales(x: torch.Tensor, s: Scheme, dt: torch.dtype) -> torch.Tensor:
     return torch.where(scale == 0, torch.tensor(torch.finfo(dt).eps, dtype=dt), scale)
 
 
+# --observer: how a weight's scales are chosen, and config.json's name for it (compressed-tensors' observer field)
+OBSERVERS = {"minmax": "memoryless_minmax", "mse": "memoryless_mse"}
+# the mse observer's candidates, as fractions of the min-max scale: 1 first (kept on a tie), then from 1.09 (int4's
+# +amax maps to 7.5 and clips to 7: 1.07 keeps it whole) down to 0.70, in steps of 0.01
+MSE_SHRINK = np.array([1.0] + [p / 100 for p in range(109, 69, -1) if p != 100], np.float32)
+
+
+def observed(s: Scheme, observer: str) -> Scheme:
+    """s with --observer's scale choice (minmax, mse)."""
+    if observer not in OBSERVERS:
+        raise BadInput(f"--observer {observer}: one of {', '.join(OBSERVERS)}")
+    if observer == "mse" and s.type != "int":
+        raise BadInput(f"--observer mse: integer schemes only (int4, int8, w8a8), not --type {s.name.lower()}")
+    base = s.name.removesuffix("-MSE")
+    return dataclasses.replace(s, name=base if observer == "minmax" else f"{base}-MSE", observer=OBSERVERS[observer])
+
+
+def observed_scales(x: torch.Tensor, s: Scheme, dt: torch.dtype, g: int,
+                    importance: torch.Tensor | None = None) -> torch.Tensor:
+    """The scales of x [rows, n] in groups of g columns ([rows, n / g], in dt) by the scheme's observer: min-max
+    (scales()), or mse: per group the candidate scale (MSE_SHRINK times the min-max one) that rounds the group
+    with the least squared error, each column weighted by importance [n] (GPTQ: diag(H); default 1)."""
+    rows, n = x.shape
+    if s.observer != OBSERVERS["mse"]:
+        return scales(x.reshape(rows, n // g, g), s, dt)
+    from . import compressed_rows as k
+    from .types import _cores, parallel_map
+    xf = np.ascontiguousarray(x.detach().cpu().float().numpy())
+    imp = np.ones(n, np.float32) if importance is None else np.ascontiguousarray(
+        importance.detach().cpu().float().numpy())
+    out = np.empty((rows, n // g), np.float32)
+    code = k.DT[dtypes.type_name(dt)]
+    args = (g, code, np.float32(s.qmin), np.float32(s.qmax), np.float32(k.EPS[code]), MSE_SHRINK)
+    step = -(-rows // _cores())
+    parallel_map(lambda r: k.mse_scales(xf[r:r + step], imp, *args, out[r:r + step]), range(0, rows, step))
+    return torch.from_numpy(out).to(x.device, dt)
+
+
 def quantize(w: torch.Tensor, s: Scheme, float_dtype: str) -> Packed:
     out, n_in = w.shape
     dt = dtypes.torch_dtype(float_dtype)
     g = group_size(s, n_in) or n_in
     x = w.to(dt).reshape(out, n_in // g, g)
-    scale = scales(x, s, dt)
+    scale = observed_scales(w.to(dt), s, dt, g)
     if s.type == "float":  # the cast rounds (nearest even); + 0: compressed-tensors' zero point, -0.0 -> +0.0
         q = torch.clamp(x / scale.unsqueeze(-1) + 0, s.qmin, s.qmax).to(torch.float8_e4m3fn)
     else:
@@ -185,7 +228,8 @@ def quantize_rows(x: np.ndarray, s: Scheme, float_dtype: str, name: str = "tenso
     store = k.FP8 if s.type == "float" else k.PACKED if s.format == FORMAT else k.INT8
     x = np.ascontiguousarray(dtypes.to_numpy(x))
     exact = dtypes.of_array(x) == float_dtype  # its values are the scale dtype's: no rounding to it first
-    args = (g, dt, exact, s.bits, store, np.float32(s.qmin), np.float32(s.qmax), np.float32(k.EPS[dt]))
+    args = (g, dt, exact, s.bits, store, np.float32(s.qmin), np.float32(s.qmax), np.float32(k.EPS[dt]),
+            MSE_SHRINK if s.observer == OBSERVERS["mse"] else MSE_SHRINK[:0])
     floats = _float32_slices(x.reshape(-1))
     step = max(CHUNK // n, 1)
 

@@ -108,12 +108,16 @@ def _store(codes, offset, bits, o):
 
 
 @njit(**JIT)
-def quantize_rows(x, g, dt, exact, bits, store, qmin, qmax, eps, out, scale):
+def quantize_rows(x, g, dt, exact, bits, store, qmin, qmax, eps, shrink, out, scale):
     """x float32 [rows, n] in groups of g columns -> out uint8 [rows, n * bits / 8] (store: PACKED, INT8, FP8) and
     scale float32 [rows, n / g] (dt values); exact: x's values are dt's already (the source's dtype); qmin, qmax,
-    eps (an all-zero group's scale): float32. Returns the float64 sums |dequantized - x|^2 and |x|^2, and the flat
+    eps (an all-zero group's scale): float32; shrink: the mse observer's candidates (mse_scale, every column
+    weighted 1), or empty for min-max. Returns the float64 sums |dequantized - x|^2 and |x|^2, and the flat
     index of the first NaN or Inf (-1 if none; the kernel stops there)."""
     rows, n = x.shape
+    m = shrink.shape[0]
+    c, inv, err = np.empty(m, np.float32), np.empty(m, np.float32), np.empty(m, np.float32)
+    ones = np.ones(g, np.float32)
     qrange = (qmax - qmin) / f32(2.0)
     offset = -nearest_int(qmin) if store == PACKED else 0  # pack-quantized stores q - qmin
     v = np.empty(n, np.float32)       # a row in dt
@@ -135,7 +139,10 @@ def quantize_rows(x, g, dt, exact, bits, store, qmin, qmax, eps, out, scale):
             if amax > FLT_MAX:  # a float32 value beyond float16's range
                 return err2, norm2, i * n + k * g + np.argmax(np.abs(seg))
             s = rnd(amax / qrange, dt)
-            s = eps if s == f32(0.0) else s
+            if s == f32(0.0):
+                s = eps
+            elif m > 0:
+                s = mse_scale(seg, ones, amax / qrange, dt, qmin, qmax, shrink, c, inv, err)
             scale[i, k] = s
             if store == FP8:
                 _fp8_codes(seg, s, dt, codes[k * g:(k + 1) * g], back[k * g:(k + 1) * g])
@@ -144,3 +151,49 @@ def quantize_rows(x, g, dt, exact, bits, store, qmin, qmax, eps, out, scale):
         err2 += block_err2(back, xi)
         _store(codes, offset, bits, out[i])
     return err2, norm2, -1
+
+
+
+@njit(**JIT)
+def mse_scale(seg, wk, base, dt, qmin, qmax, shrink, c, inv, err):
+    """The mse observer's scale of one group seg (float32, dt values; base = amax / qrange, rnd(base) > 0): among
+    rnd(p * base) for p in shrink (shrink[0] = 1: the min-max scale, kept on a tie), the one whose integers lose
+    least, sum_j wk[j] (seg_j - q_j s)^2 with q_j = clamp(round(seg_j / s)). wk: each column's weight (GPTQ:
+    diag(H), the mean square of its input; else 1). c, inv, err: scratch of len(shrink). The candidates run in
+    SIMD lanes, each its own sum in column order: no reduction is reordered, so every instruction set picks the
+    same scale. seg_j / s is taken as seg_j * (1 / s) here: the search's own figure."""
+    m = shrink.shape[0]
+    for t in range(m):
+        s = rnd(base * shrink[t], dt)
+        c[t] = s if s > f32(0.0) else rnd(base, dt)  # a candidate that underflows: the min-max one again
+        inv[t] = f32(1.0) / c[t]
+        err[t] = f32(0.0)
+    for j in range(seg.shape[0]):
+        xj = seg[j]
+        wj = wk[j]
+        for t in range(m):
+            d = xj - min(max(np.rint(xj * inv[t]), qmin), qmax) * c[t]
+            err[t] += wj * (d * d)
+    best = 0
+    for t in range(1, m):
+        if err[t] < err[best]:
+            best = t
+    return c[best]
+
+
+@njit(**JIT)
+def mse_scales(x, imp, g, dt, qmin, qmax, eps, shrink, scale):
+    """mse_scale of each group of g columns of x float32 [rows, n], column weights imp [n] -> scale float32
+    [rows, n / g] (dt values), x first rounded to dt as the min-max observer reads it."""
+    rows, n = x.shape
+    qrange = (qmax - qmin) / f32(2.0)
+    m = shrink.shape[0]
+    c, inv, err = np.empty(m, np.float32), np.empty(m, np.float32), np.empty(m, np.float32)
+    v = np.empty(n, np.float32)
+    for i in range(rows):
+        _round_into(x[i], v, dt)
+        for k in range(n // g):
+            seg = v[k * g:(k + 1) * g]
+            base = _absmax(seg) / qrange
+            scale[i, k] = eps if rnd(base, dt) == f32(0.0) else mse_scale(
+                seg, imp[k * g:(k + 1) * g], base, dt, qmin, qmax, shrink, c, inv, err)

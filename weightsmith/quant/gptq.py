@@ -14,7 +14,8 @@ What llm-compressor's GPTQModifier does, step for step:
     `none`: natural order, and a group's scale is computed when its first column comes up, on the weights as
     the earlier columns' errors left them (the paper's reference code; llm-compressor 0.14 instead takes these
     scales, too, from the original weights); per-channel scales (int8) always come from the original weights;
-  - scales are compressed-tensors' (compressed.scales: min-max symmetric, in the model's float dtype), and each
+  - scales are compressed-tensors' (compressed.scales: min-max symmetric, in the model's float dtype; or the
+    scheme's mse observer, compressed.observed_scales, each column's error weighted by diag(H)), and each
     column is q = clamp(round(w / scale), qmin, qmax), half to even, so the integers mean exactly q * scale.
 A ggml grid changes only where the scales come from and how a column is rounded: natural order, each block's
 stored fields fixed by the type's own quantizer when its first column comes up, each value rounded to the nearest
@@ -94,6 +95,7 @@ class Factor:
     U: torch.Tensor       # [in, in], in that order
     damp: float           # the dampening used: more than asked when needed
     actorder: str
+    diag: torch.Tensor    # diag(H) in the original order: the mse observer's column weights
 
 
 def factor(H: torch.Tensor, damp: float = 0.01, actorder: str = "static", dtype=torch.float32) -> Factor:
@@ -105,13 +107,14 @@ def factor(H: torch.Tensor, damp: float = 0.01, actorder: str = "static", dtype=
     if not torch.isfinite(H).all():
         raise BadInput("GPTQ: the calibration activations are not finite (NaN or Inf in the Hessian)")
     col = torch.arange(H.shape[0], device=H.device)
+    diag = torch.diagonal(H).clone()
     if actorder == "static":
         col = torch.argsort(torch.diagonal(H), descending=True, stable=True)
         H = H[col][:, col]
     dead = torch.diagonal(H) == 0
     H.diagonal()[dead] = 1
     U, used = _inverse_factor(H, damp)
-    return Factor(col, dead, U, used, actorder)
+    return Factor(col, dead, U, used, actorder, diag)
 
 
 def quantize(w: torch.Tensor, H: torch.Tensor | Factor, s, float_dtype=None, damp: float = 0.01,
@@ -136,10 +139,8 @@ def quantize(w: torch.Tensor, H: torch.Tensor | Factor, s, float_dtype=None, dam
     scale = None
     if grid is None:
         dt = float_dtype if isinstance(float_dtype, torch.dtype) else dtypes.torch_dtype(float_dtype)
-        if G is None:      # per channel: one scale per row, from the original weights
-            scale = compressed.scales(w, s, dt).unsqueeze(-1)
-        elif static:       # static groups: every scale from the original weights, before any column moves
-            scale = compressed.scales(w.reshape(n_out, n_in // G, G), s, dt)
+        if G is None or static:  # per channel, or static groups: every scale from the original weights
+            scale = compressed.observed_scales(w, s, dt, G or n_in, f.diag)
         else:              # filled as each group comes up
             scale = torch.empty(n_out, n_in // G, dtype=dt, device=W.device)
     col, dead, U = f.col.to(W.device), f.dead.to(W.device), f.U.to(W.device, dtype)
@@ -173,7 +174,8 @@ def quantize(w: torch.Tensor, H: torch.Tensor | Factor, s, float_dtype=None, dam
                 S1, B1, levels = torch.from_numpy(A), B, grid.levels
             else:
                 if G and not static:
-                    scale[:, (i1 + c0) // G] = compressed.scales(W1[:, c0:c1], s, dt).to(scale.device)
+                    scale[:, (i1 + c0) // G] = compressed.observed_scales(
+                        W1[:, c0:c1], s, dt, G, f.diag[i1 + c0:i1 + c1])[:, 0].to(scale.device)
                 S1 = scale.cpu()[:, group[i1 + c0:i1 + c1]].to(dtype).contiguous()
                 B1, levels = _NO_LEVELS.reshape(1, 0), _NO_LEVELS
             n = -(-n_out // _row_tasks(n_out, c1 - c0))  # rows per task
