@@ -17,6 +17,26 @@ LLAMA_CPP_DIR = Path(os.environ.get("LLAMA_CPP_DIR", "/tmp/lcp"))
 WS = [sys.executable, "-m", "weightsmith.cli"]
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # the kernels' speed depends on which are there
+
+
+def cpu_model() -> str:
+    """The CPU as a benchmark should name it: model, logical cores, and which of SIMD_FLAGS it has."""
+    model, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model is None:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    import platform
+    has = [f for f in SIMD_FLAGS if f in flags]
+    return (f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} logical cores; "
+            f"{', '.join(has) if has else 'no AVX2'}{'' if 'avx512f' in flags else ', no AVX-512'})")
+
+
 def llama_bin(name: str) -> Path:
     p = LLAMA_CPP_DIR / "build" / "bin" / name
     if not p.exists():

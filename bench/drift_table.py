@@ -25,25 +25,18 @@ import argparse
 import collections
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import WS, gguf_tensors_equal, llama_bin, run, table  # noqa: E402
+from common import WS, cpu_model, gguf_tensors_equal, llama_bin, run, table  # noqa: E402
 from verify_bench import SMOL  # noqa: E402
 
 TYPES = "q2_k,q3_k_s,q3_k_m,q4_0,q4_k_s,q4_k_m,q5_k_m,q6_k,iq4_nl,iq4_xs"
 THREADS = 2
 
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
-    return platform.processor() or platform.machine()
 
 
 def split_text(calib: Path, held_out: Path, ref: Path, calib_tokens: int, eval_tokens: int) -> tuple[int, int]:

@@ -36,7 +36,6 @@ time and peak RSS <= 0.5 x llm-compressor's.
 """
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import WS, peer_venv, run, size, table  # noqa: E402
+from common import WS, cpu_model, peer_venv, run, size, table  # noqa: E402
 
 LLMC = ["llmcompressor==0.14.0.1", "torch==2.13.0"]  # as llmcompressor_check.py: the CPU torch wheel
 SCHEMES = {  # weightsmith's options, and llm-compressor's weights QuantizationArgs for the same scheme
@@ -221,15 +220,6 @@ def prepare(a, src: Path):
     return calib, held, tok.add_bos
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,7 +252,7 @@ def main():
     if not src.exists():
         subprocess.run([*WS, "convert", smol, src, "--type", "f32", "-q"], check=True)
     calib, held, bos = prepare(a, src)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()} (weightsmith's venv)")
+    print(f"CPU: {cpu_model()}; torch threads {torch.get_num_threads()} (weightsmith's venv)")
     print(f"weightsmith {weightsmith.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
     print(f"source: {src} (HF f32 from {smol.name}); calibration {calib.shape[0]} x {calib.shape[1]} tokens of "
           f"{a.out / 'calib.txt'}, held-out {held.shape[0]} x {held.shape[1]} of {a.out / 'heldout.txt'}; "

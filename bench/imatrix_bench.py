@@ -15,25 +15,15 @@ bench/common.py); this script builds nothing.
 """
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import WS, llama_bin, run, table  # noqa: E402
+from common import WS, cpu_model, llama_bin, run, table  # noqa: E402
 from verify_bench import SMOL, make_text, sh  # noqa: E402
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def final_ppl(text: str) -> str:

@@ -57,6 +57,9 @@ STEPS = [
     # the same int4 by GPTQ, calibrated on a few chunks of text that verify does not score
     ("HF bf16 -> HF int4 GPTQ", "convert", "hf-bf16", "hf-int4-gptq",
      ["--type", "int4", "--calibrate", CALIB, "--samples", "16", "--ctx", "128"], "INT4"),
+    # and with the mse observer: each group's scale searched, its columns weighted by their calibration inputs
+    ("HF bf16 -> int4 GPTQ mse", "convert", "hf-bf16", "hf-int4-gptq-mse",
+     ["--type", "int4", "--calibrate", CALIB, "--samples", "16", "--ctx", "128", "--observer", "mse"], "INT4"),
 ]
 
 # The tables, one column per entry: (header, format spec, cell from a row dict).
