@@ -200,19 +200,23 @@ def quiet_runtimes():
 
 
 @contextlib.contextmanager
-def stderr_to(log: Path):
-    """The runtimes' own stderr (compressed-tensors' progress bars ignore TQDM_DISABLE, llama.cpp's C logging)
-    goes to a log file; Python exceptions still reach the terminal after it."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+def output_to(log: Path):
+    """The runtimes' own output goes to a log file: stderr (compressed-tensors' progress bars ignore TQDM_DISABLE,
+    llama.cpp's C logging) and stdout (fairscale's "> initializing model parallel" lines); Python exceptions still
+    reach the terminal after it."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(fd) for fd in (1, 2)]
     with open(log, "a") as f:
-        os.dup2(f.fileno(), 2)
+        for fd in (1, 2):
+            os.dup2(f.fileno(), fd)
         try:
             yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, old in zip((1, 2), saved):
+                (sys.stdout, sys.stderr)[fd - 1].flush()
+                os.dup2(old, fd)
+                os.close(old)
 
 
 def meta_model(path: Path):
@@ -278,7 +282,7 @@ def stage_runtimes():
         for i, r in enumerate(rows, 1):
             t = time.perf_counter()
             path = Path(r["path"])
-            with stderr_to(log):
+            with output_to(log):
                 logits, new, r["runtime"] = run_runtime(path, src, ids)
             if tok.eos_token_id in new:  # weightsmith generate stops there too
                 new = new[:new.index(tok.eos_token_id) + 1]
