@@ -38,7 +38,6 @@ TYPES = "q2_k,q3_k_s,q3_k_m,q4_0,q4_k_s,q4_k_m,q5_k_m,q6_k,iq4_nl,iq4_xs"
 THREADS = 2
 
 
-
 def split_text(calib: Path, held_out: Path, ref: Path, calib_tokens: int, eval_tokens: int) -> tuple[int, int]:
     """Documentation topics in key order: calibration until the reference's tokenizer counts calib_tokens, then the
     following topics for evaluation, cut (mid-topic) to the shortest prefix of at least eval_tokens. Returns the

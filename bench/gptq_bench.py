@@ -31,8 +31,8 @@ Candidates, per scheme (int4-g64, int8 per channel):
 One evaluator scores them all: transformers + compressed-tensors in llm-compressor's environment, every model loaded
 in float32, every held-out chunk run whole; per token KL(P_f32 source || P_candidate), mean over all tokens, and top-1
 agreement (same argmax). Wall time and peak RSS of each quantizing command via bench/common.run (the command's own).
-Targets: KLD(weightsmith GPTQ) <= KLD(llm-compressor GPTQ) (also shown: with each tool's mse observer); KLD(weightsmith GPTQ) <= 0.6 x KLD(RTN); weightsmith's
-time and peak RSS <= 0.5 x llm-compressor's.
+Targets: KLD(weightsmith GPTQ) <= KLD(llm-compressor GPTQ) (also shown: with each tool's mse observer);
+KLD(weightsmith GPTQ) <= 0.6 x KLD(RTN); weightsmith's time and peak RSS <= 0.5 x llm-compressor's.
 """
 import argparse
 import json
@@ -218,7 +218,6 @@ def prepare(a, src: Path):
     torch.save(calib.clone(), a.out / "calib-ids.pt")
     torch.save(held.clone(), a.out / "heldout-ids.pt")
     return calib, held, tok.add_bos
-
 
 
 def main():

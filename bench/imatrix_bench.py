@@ -25,7 +25,6 @@ from common import WS, cpu_model, llama_bin, run, table  # noqa: E402
 from verify_bench import SMOL, make_text, sh  # noqa: E402
 
 
-
 def final_ppl(text: str) -> str:
     line = next((x for x in text.splitlines() if x.startswith("Final estimate")), "")
     return line.split("=", 1)[1].strip() if line else "?"

@@ -88,7 +88,7 @@ def _writer_class():
         def _pack_val(self, val, vtype, add_vtype, sub_type=None):
             if vtype == T.ARRAY and self.endianess == gguf.GGUFEndian.LITTLE and isinstance(val, (list, tuple)) and val:
                 ltype = sub_type if sub_type is not None else T.get_type(val[0])
-                body = _packed_items(val, ltype, T, np_types)
+                body = _packed_items(val, ltype, T, np_types, typed=sub_type is not None)
                 if body is not None:
                     head = struct.pack("<I", vtype) if add_vtype else b""
                     return head + struct.pack("<IQ", ltype, len(val)) + body
@@ -96,22 +96,24 @@ def _writer_class():
     return Writer
 
 
-def _packed_items(val, ltype, T, np_types) -> bytes | None:
+def _packed_items(val, ltype, T, np_types, typed: bool) -> bytes | None:
     """The items of a little-endian GGUF array of ltype as gguf-py's struct.pack calls would give them, or None
-    where they might not (other types, values of other Python types, numbers out of range)."""
+    where they might not (other types, values of other Python types, numbers out of range). typed: the caller named
+    ltype (ints may then fill a float array); else gguf-py wants every item of val[0]'s Python type."""
     if ltype == T.STRING:
         if not all(type(v) is str for v in val):
             return None
-        return b"".join(struct.pack("<Q", len(e)) + e for e in (v.encode("utf-8") for v in val))
+        return b"".join(_U64.pack(len(e)) + e for e in (v.encode("utf-8") for v in val))
     dt = np_types.get(ltype)
     if dt is None or ltype == T.BOOL:
         return None
     kinds = {type(v) for v in val}
     if dt.kind == "f":
-        if not kinds <= {float, int}:
+        if not kinds <= ({float, int} if typed else {float}):
             return None
         a = np.asarray(val, dtype=np.float64)
-        out = a.astype(dt)
+        with np.errstate(over="ignore"):  # detected below
+            out = a.astype(dt)
         if not np.array_equal(np.isfinite(out), np.isfinite(a)):  # struct.pack refuses what overflows
             return None
         return out.tobytes()

@@ -203,8 +203,9 @@ def quantize(w: torch.Tensor, s: Scheme, float_dtype: str) -> Packed:
     out, n_in = w.shape
     dt = dtypes.torch_dtype(float_dtype)
     g = group_size(s, n_in) or n_in
-    x = w.to(dt).reshape(out, n_in // g, g)
-    scale = observed_scales(w.to(dt), s, dt, g)
+    wd = w.to(dt)
+    x = wd.reshape(out, n_in // g, g)
+    scale = observed_scales(wd, s, dt, g)
     if s.type == "float":  # the cast rounds (nearest even); + 0: compressed-tensors' zero point, -0.0 -> +0.0
         q = torch.clamp(x / scale.unsqueeze(-1) + 0, s.qmin, s.qmax).to(torch.float8_e4m3fn)
     else:

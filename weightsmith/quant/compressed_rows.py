@@ -138,11 +138,12 @@ def quantize_rows(x, g, dt, exact, bits, store, qmin, qmax, eps, shrink, out, sc
             amax = _absmax(seg)
             if amax > FLT_MAX:  # a float32 value beyond float16's range
                 return err2, norm2, i * n + k * g + np.argmax(np.abs(seg))
-            s = rnd(amax / qrange, dt)
+            base = amax / qrange
+            s = rnd(base, dt)
             if s == f32(0.0):
                 s = eps
             elif m > 0:
-                s = mse_scale(seg, ones, amax / qrange, dt, qmin, qmax, shrink, c, inv, err)
+                s = mse_scale(seg, ones, base, dt, qmin, qmax, shrink, c, inv, err)
             scale[i, k] = s
             if store == FP8:
                 _fp8_codes(seg, s, dt, codes[k * g:(k + 1) * g], back[k * g:(k + 1) * g])
@@ -151,7 +152,6 @@ def quantize_rows(x, g, dt, exact, bits, store, qmin, qmax, eps, shrink, out, sc
         err2 += block_err2(back, xi)
         _store(codes, offset, bits, out[i])
     return err2, norm2, -1
-
 
 
 @njit(**JIT)

@@ -109,7 +109,7 @@ def factor(H: torch.Tensor, damp: float = 0.01, actorder: str = "static", dtype=
     col = torch.arange(H.shape[0], device=H.device)
     diag = torch.diagonal(H).clone()
     if actorder == "static":
-        col = torch.argsort(torch.diagonal(H), descending=True, stable=True)
+        col = torch.argsort(diag, descending=True, stable=True)
         H = H[col][:, col]
     dead = torch.diagonal(H) == 0
     H.diagonal()[dead] = 1
