@@ -108,7 +108,9 @@ def hessian_of(X, batch=100):
 def test_hessian_is_two_over_n_xtx():
     _, X = layer()
     want = 2 * X.double().T @ X.double() / X.shape[0]
-    torch.testing.assert_close(hessian_of(X).double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    H = hessian_of(X)  # 256 columns: two bands of the upper triangle, mirrored
+    torch.testing.assert_close(H.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    assert torch.equal(H, H.T)
 
 
 SCHEMES = [("INT4", None), ("INT4-G64", None), ("INT4-G32", None), ("INT8", None), ("INT8-G128", None)]
@@ -234,6 +236,28 @@ def test_dead_and_rank_deficient_inputs(actorder):
     r0 = gptq.quantize(W, H.float(), s, torch.float32, damp=0.0, actorder=actorder)
     assert r0.damp > 0 and torch.isfinite(r0.dequantized(s)).all()
     assert r0.q.min() >= s.qmin and r0.q.max() <= s.qmax
+
+
+@pytest.mark.parametrize("target", ["INT4-G64", "INT8", "Q4_K", "Q4_0", "IQ4_NL"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_output_loss_from_gptqs_own_is_the_quadratic_form(target, dtype):
+    """Result.output_loss (GPTQ's loss less the dampening's and the dead columns' parts: what the log prints) equals
+    tr(dw H dw^T) / 2 computed by a matmul, with dead columns; a ggml grid may round a dead column's zero to a
+    point that is not 0."""
+    from weightsmith.quant import ggml_grid
+    W, X = layer(n_tok=400)
+    X[:, [3, 100, 255]] = 0
+    H = hessian_of(X).to(dtype)
+    if target.startswith("INT"):
+        r = gptq.quantize(W, H, compressed.get(target), torch.float32, dtype=dtype)
+        deq = r.dequantized(compressed.get(target))
+    else:
+        importance = X.double().pow(2).mean(0).float().numpy()
+        r = gptq.quantize(W, H, ggml_grid.Grid(target, *W.shape, importance), actorder="none", dtype=dtype)
+        deq = r.values
+    want = gptq.output_loss(W.double() - deq.double(), H.double())
+    assert r.dead == 3
+    assert r.output_loss(W, deq) == pytest.approx(want, rel=1e-6 if dtype == torch.float64 else 1e-4)  # deq in f32
 
 
 def test_bad_hessians():

@@ -86,7 +86,7 @@ class Producer:
             self.bar = tqdm(total=self.ck.config.n_layers, desc="gptq blocks", unit="blk", file=sys.stderr,
                             disable=self.quiet or not sys.stderr.isatty(), leave=False)
             with torch.no_grad():
-                calibrate.stream(self.ck, self.tokens, self._observe, replace=self._replace,
+                calibrate.stream(self.ck, self.tokens, self._observe, replace=self._replace, output=False,
                                  device=self.opts.device, progress=lambda i, n: self.bar.update(1))
             self._put(None)
         except BaseException as e:  # handed to the writer, which raises it
@@ -105,6 +105,7 @@ class Producer:
 
     def _replace(self, i, w):
         from ..quant import compressed, gptq
+        from ..verify.model import fuse_gate_up
         out, packed = dict(w), {}
         for names, h in self.hessians.items():
             H = h.matrix()
@@ -125,12 +126,12 @@ class Producer:
                 deq = compressed.dequantize(p.packed, p.scale, self.scheme).to(W.device, W.dtype)
                 rtn = compressed.quantize(W.cpu(), self.scheme, self.float_dtype)
                 rtn_w = compressed.dequantize(rtn.packed, rtn.scale, self.scheme).to(W.device, W.dtype)
-                stats = Stats(*gptq.output_losses(H, W - deq, W - rtn_w, W))
+                stats = Stats(r.output_loss(W, deq), *gptq.output_losses(H, W - rtn_w, W))
                 packed[name] = (p, stats)
                 out[k] = deq
         self.hessians = {}
         self._put({k: v for k, v in packed.items() if v is not None})
-        return out
+        return fuse_gate_up(out)
 
     def _ggml(self, name, W, H, f, h):
         """GPTQ of one block matrix in its ggml type: (the weights the stream goes on with, (bytes and values,
@@ -156,7 +157,7 @@ class Producer:
         base = np.empty_like(r.data)
         quant.quantize_into(Wc.numpy(), t, base, name, importance)
         base_w = quant.dequantize(base, t, Wc.shape)
-        stats = Stats(*gptq.output_losses(H, Wc - r.values, Wc - base_w, Wc), baseline="imatrix")
+        stats = Stats(r.output_loss(Wc, r.values), *gptq.output_losses(H, Wc - base_w, Wc), baseline="imatrix")
         return r.values.to(W.device, W.dtype), ((r.data, r.values), stats)
 
     def _put(self, item):

@@ -13,6 +13,7 @@ import tempfile
 
 import torch
 
+from ..formats.common import release_free_heap
 from .model import SHARED_INPUTS, Rope, Weights, _batches, block_forward, chunk_batch
 
 HIDDEN_BUDGET = 4 << 30  # bytes of hidden states kept in memory; more go to a file-backed mapping
@@ -40,9 +41,12 @@ def hidden_store(shape: tuple[int, ...], dtype: torch.dtype, budget: int = HIDDE
 
 
 @torch.no_grad()
-def stream(ck, tokens: torch.Tensor, observe, replace=None, device=None, progress=None, budget: int = HIDDEN_BUDGET):
+def stream(ck, tokens: torch.Tensor, observe, replace=None, device=None, progress=None, budget: int = HIDDEN_BUDGET,
+           output: bool = True):
     """Run tokens [n_chunks, ctx] through every block of ck in turn; return the last block's output (the hidden
     states before the output norm), [n_chunks, ctx, dim] on the CPU, for the caller's head (logits, output.weight's input).
+    output=False: the caller has no head to feed (GPTQ of the blocks), so the last block's replaced weights are
+    not run again (a thirtieth of SmolLM2's GPTQ passes) and None is returned.
 
     observe(i, names, x): every matmul input of block i, batch by batch (x [B, ctx, in]; names: the SHARED_INPUTS
     entry, the weights that read x). replace(i, w) -> dict | None, called once block i has seen every chunk:
@@ -70,12 +74,14 @@ def stream(ck, tokens: torch.Tensor, observe, replace=None, device=None, progres
             for s in batches:
                 block_forward(h[s].to(dev), w, cfg, rope, tap=tap, tap_only=True)
             w = replace(i, w) or w
-            for s in batches:
-                h[s] = block_forward(h[s].to(dev), w, cfg, rope).cpu()
+            if output or i < cfg.n_layers - 1:
+                for s in batches:
+                    h[s] = block_forward(h[s].to(dev), w, cfg, rope).cpu()
         del w
+        release_free_heap()
         if progress:
             progress(i, cfg.n_layers)
-    return h
+    return h if output else None
 
 
 __all__ = ["SHARED_INPUTS", "hidden_store", "stream"]
