@@ -56,6 +56,105 @@ def test_bytes_equal_libggml(type_name, kind):
     assert mismatch.size == 0, f"rows {mismatch[:10].tolist()} differ"
 
 
+LEGACY = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+
+
+def legacy_edges() -> np.ndarray:
+    """Blocks of 32 for the legacy kernels' fast path (a normal scale) and its edges, a block a case: signed zeros,
+    ties of the largest magnitude, scales at the normal/subnormal boundary, quants landing on 15/16 and 31/32
+    before the clamp, blocks of one sign."""
+    g = np.random.default_rng(5)
+    tiny = np.float32(2.0 ** -126)  # FLT_MIN
+    blocks = []
+
+    def block(*head, fill=None):
+        b = g.uniform(-1, 1, 32).astype(np.float32) if fill is None else np.full(32, fill, np.float32)
+        b[:len(head)] = np.array(head, np.float32)
+        blocks.append(b)
+        return b
+
+    block(fill=-0.0)                                  # all -0.0: Q4_0's max is +0.0, d = -0.0
+    block(fill=0.0)
+    block(-0.0, 0.0, fill=0.0)                        # zeros of both signs, the first negative
+    block(0.0, -0.0, fill=-0.0)
+    block(-0.0, 1.0, 2.0, fill=0.5)                   # min a zero (the first: -0.0), the rest positive
+    block(0.0, -0.0, 1.0, fill=0.25)
+    block(-1.0, -0.0, 0.0, fill=-0.5)                 # max a zero (the first: -0.0), the rest negative
+    block(-1.0, 0.0, -0.0, fill=-0.5)
+    block(-3.0, 3.0)                                  # largest magnitude twice, opposite signs: the first
+    block(3.0, -3.0)
+    block(0.5, -3.0, 2.0, 3.0)
+    block(0.5, 3.0, -1.0, 3.0, -3.0)
+    b = block(fill=0.0)
+    b[::2], b[1::2] = -2.0, 2.0
+    for m in (8 * tiny, 16 * tiny, 8 * tiny * np.float32(1 - 2 ** -24), 16 * tiny * np.float32(1 - 2 ** -24)):
+        for sign in (1, -1):                          # Q4_0/Q5_0's d = max / -8, -16 at FLT_MIN and just below
+            b = block(sign * m)
+            b[1:] *= m
+    for span in (15 * tiny, 31 * tiny, 15 * tiny * np.float32(1 - 2 ** -23), 31 * tiny * np.float32(1 + 2 ** -23)):
+        b = block(0.0, span, fill=0.0)                # Q4_1/Q5_1's d = (max - min) / 15, 31 at FLT_MIN
+        b[2:] = g.uniform(0, 1, 30).astype(np.float32) * span
+        block(-span, 0.0, fill=-span / 2)
+    block(8.0, -7.5, -6.5, 7.5, -8.0, 0.5, -0.5)      # Q4_0, d = -1: x * id + 8.5 = 0.5, 16.0, 15.0, 1.0, 16.5
+    block(16.0, -15.5, -14.5, 15.5, -16.0, 0.5)       # Q5_0, d = -1: 32.0, 31.0, 1.0, 32.5
+    block(0.0, 15.0, 14.5, 13.5, 0.5, 7.5, fill=7.0)  # Q4_1, d = 1: (x - min) * id + 0.5 = 15.5, 15.0, 14.0, 1.0
+    block(0.0, 31.0, 30.5, 29.5, 15.5, fill=7.0)      # Q5_1, d = 1: 31.5, 31.0, 30.0, 16.0
+    block(fill=0.0)[:] = g.uniform(0.5, 2, 32)        # one sign: Q4_1/Q5_1's min and max from one end
+    block(fill=0.0)[:] = -g.uniform(0.5, 2, 32)
+    block(np.float32(2.0 ** -120), fill=0.0)[1:] = g.uniform(-1, 1, 31) * np.float32(3e-39)  # subnormals, d normal
+    block(fill=0.0)[:] = g.uniform(-1, 1, 32) * np.float32(1e6)   # d past fp16's range: inf bytes
+    block(fill=0.0)[:] = g.uniform(-1, 1, 32) * np.float32(1e-6)  # d fp16-subnormal
+    while len(blocks) % 16:
+        block()
+    return np.concatenate(blocks).reshape(-1, 512)
+
+
+@pytest.mark.parametrize("type_name", LEGACY)
+def test_legacy_edges_equal_libggml(type_name):
+    x = legacy_edges()
+    got = types.quantize(torch.from_numpy(x), type_name)
+    want = ggml_ref.quantize(x, type_name)
+    bad = np.nonzero((got.reshape(-1, got.shape[1] // 16) != want.reshape(-1, want.shape[1] // 16)).any(axis=1))[0]
+    assert bad.size == 0, f"blocks {bad[:10].tolist()} differ"
+
+
+def _bits(v: float) -> int:
+    return int(np.float64(v).view(np.int64))
+
+
+@pytest.mark.parametrize("type_name", LEGACY)
+def test_legacy_sums_are_block_sums(type_name):
+    """A kernel's (err2, norm2, bad): the sums of legacy.block_err2 (of the block as gguf-py dequantizes it) and of
+    legacy.block_norm2, block after block, bit for bit; up to the first non-finite block, whose index it names."""
+    import gguf
+    from weightsmith.quant import legacy
+    qt = types.get(type_name)
+    size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][1]
+    xs = [rows(kind).reshape(-1, 32) for kind in ("normal", "heavy", "positive", "edge", "extreme")]
+    xs.append(legacy_edges().reshape(-1, 32))
+    g = np.random.default_rng(6)
+    for lo, hi in ((-1, 1), (0, 1), (-1, 0)):  # blocks of both signs, of one sign (the min and max found apart)
+        bad = g.uniform(lo, hi, (40, 32)).astype(np.float32)
+        for k, v in enumerate([np.nan, np.inf, -np.inf, -np.nan, np.uint32(0xFF800001).view(np.float32)]):
+            c = bad.copy()
+            c[10 + 5 * k, (7 * k + 31) % 32] = v
+            c[36, 0] = np.nan
+            xs.append(c)
+    for x in xs:
+        out = np.zeros((x.shape[0], size), np.uint8)
+        err2, norm2, first = qt.kernel(x, out)
+        finite = np.isfinite(x).all(axis=1)
+        stop = x.shape[0] if finite.all() else int(np.argmin(finite))
+        assert first == (-1 if finite.all() else stop * 32 + int(np.argmin(np.isfinite(x[stop]))))
+        with np.errstate(all="ignore"):  # scales of inf (fp16's range passed) times zero quants
+            back = gguf.quants.dequantize(out[:stop], gguf.GGMLQuantizationType[type_name]).reshape(-1, 32)
+        e = n = 0.0
+        for i in range(stop):
+            e += legacy.block_err2(back[i], x[i])
+            n += legacy.block_norm2(x[i])
+        assert (_bits(err2), _bits(norm2)) == (_bits(e), _bits(n))
+
+
 @pytest.mark.parametrize("type_name", list(types.REGISTRY))
 @pytest.mark.parametrize("kind", ["normal", "edge"])
 def test_dequantize_matches_gguf_py(type_name, kind):
